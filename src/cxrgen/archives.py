@@ -7,6 +7,7 @@ only when complete, so an interrupted or refused run leaves nothing partial behi
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import json
 import os
@@ -177,6 +178,8 @@ def check_archive(path: str | Path, kind: str | None = None) -> ArchiveSummary:
                         pass
             if members and _end_marker_missing(tar):
                 raise BadInput(path, "truncated archive (it ends without the tar end-of-archive block)")
+            while tar.fileobj.read(CHUNK):  # to the very end: gzip checks its CRC only there
+                pass
     except BadInput:
         raise
     except (tarfile.ReadError, tarfile.CompressionError) as exc:
@@ -207,7 +210,7 @@ def safe_extract(path: str | Path, dest: str | Path) -> None:
             tar.extractall(dest, filter="data")
     except tarfile.FilterError as exc:
         raise BadInput(path, f"unsafe archive: {_one_line(exc)}") from None
-    except (tarfile.ReadError, tarfile.CompressionError, EOFError, zlib.error) as exc:
+    except (tarfile.ReadError, tarfile.CompressionError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise BadInput(path, f"truncated or corrupt archive ({_one_line(exc)})") from None
 
 

@@ -134,3 +134,54 @@ def test_no_source_reachable_fails_fast_with_the_synthetic_command(project_root:
     assert "Traceback" not in result.stderr, result.stderr
     assert elapsed < peer_timeout + 60, f"took {elapsed:.0f} s"
     assert not (repo / "data" / "raw").exists(), "a failed download left data/raw behind"
+
+
+def _truth(repo: Path) -> dict:
+    return json.loads((repo / "data" / "raw" / "synthetic_truth.json").read_text())
+
+
+def test_data_counts_match_what_the_generator_made(synthetic_repo: Path):
+    truth = _truth(synthetic_repo)
+    data = json.loads((synthetic_repo / "metrics" / "data.json").read_text())
+    extract = json.loads((synthetic_repo / "metrics" / "extract.json").read_text())
+    reports = truth["reports"].values()
+    with_findings = [r for r in reports if r["sections"]["FINDINGS"]]
+    assert data["data_source"] == extract["data_source"] == "synthetic"
+    assert extract["reports"] == data["counts"]["reports"] == truth["n_reports"] == SYNTHETIC_REPORTS
+    assert extract["images"] == data["counts"]["images_listed"] == truth["n_images"]
+    assert extract["skipped"] == {}
+    assert data["counts"]["reports_with_target_text"] == len(with_findings)
+    assert data["dropped"].get("no usable image", 0) == sum(not r["images"] for r in with_findings)
+    assert data["counts"]["studies_single_view_used_twice"] == sum(len(r["images"]) == 1 for r in with_findings)
+    assert data["counts"]["studies_with_more_than_two_images"] == sum(len(r["images"]) > 2 for r in with_findings)
+    kept = sum(bool(r["images"]) for r in with_findings)
+    assert sum(data["counts"][f"studies_{s}"] for s in ("train", "val", "test")) == kept
+    assert extract["projection_truth"] == "synthetic ground truth"
+    assert 0.5 < extract["projection_rule_accuracy"]["accuracy"] <= 1.0
+
+
+def _hashes(repo: Path, folder: str) -> dict[str, str]:
+    import hashlib
+
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((repo / folder).iterdir())}
+
+
+def test_rerunning_extract_and_prepare_gives_identical_bytes(synthetic_repo: Path):
+    before = {f: _hashes(synthetic_repo, f) for f in ("data/interim", "data/prepared")}
+    metrics_before = (synthetic_repo / "metrics" / "data.json").read_text()
+    _dvc("repro", "--force", "--single-item", "extract", cwd=synthetic_repo)
+    _dvc("repro", "--force", "--single-item", "prepare", cwd=synthetic_repo)
+    after = {f: _hashes(synthetic_repo, f) for f in ("data/interim", "data/prepared")}
+    assert before == after
+    assert (synthetic_repo / "metrics" / "data.json").read_text() == metrics_before
+
+
+def test_changing_the_target_reruns_prepare_but_not_extract_or_download(synthetic_repo: Path):
+    result = _dvc("exp", "run", "-S", "text.target=impression", cwd=synthetic_repo)
+    ran = result.stdout
+    assert "Running stage 'prepare'" in ran, ran
+    assert "Running stage 'extract'" not in ran and "Running stage 'download'" not in ran, ran
+    data = json.loads((synthetic_repo / "metrics" / "data.json").read_text())
+    assert data["target"] == "impression"
+    with_impression = [r for r in _truth(synthetic_repo)["reports"].values() if r["sections"]["IMPRESSION"]]
+    assert data["counts"]["reports_with_target_text"] == len(with_impression)

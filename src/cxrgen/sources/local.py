@@ -63,7 +63,6 @@ KAGGLE_COLUMNS = {
 }
 R2GEN_ANNOTATION = "annotation.json"
 R2GEN_SPLITS = ("train", "val", "test")
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 NLMCXR_PNG_NAME = re.compile(r"CXR\d+_.*\.png", re.IGNORECASE)
 GZIP_LEVEL = 1  # PNGs are already compressed: level 1 is several times faster and barely larger
 SEARCH_DEPTH = 2  # how many folder levels below the given one are searched
@@ -340,7 +339,10 @@ def _pack(members: list[tuple[str, Path]], dest: Path) -> str:
     members = sorted(members)
     total = 0
     for _, path in members:
-        total += path.stat().st_size
+        try:
+            total += path.stat().st_size
+        except OSError as exc:
+            raise BadInput(path, f"cannot be read ({exc.strerror})") from None
     with atomic_path(dest) as tmp, open(tmp, "wb") as out, contextlib.ExitStack() as stack:
         hashing = _HashingWriter(out)
         stream = hashing
@@ -357,10 +359,9 @@ def _pack(members: list[tuple[str, Path]], dest: Path) -> str:
             except OSError as exc:
                 raise BadInput(path, f"cannot be read ({exc.strerror})") from None
             with f:
+                # Images are packed as they are: a corrupt or empty PNG is the prepare stage's to
+                # skip and count, as it would be inside the original archive.
                 size = os.fstat(f.fileno()).st_size
-                if name.lower().endswith(".png") and f.read(len(PNG_SIGNATURE)) != PNG_SIGNATURE:
-                    raise BadInput(path, "not a PNG image (it does not start with the PNG signature)")
-                f.seek(0)
                 tar.addfile(deterministic_tarinfo(name, size), f)
             bar.update(size)
     # ExitStack closed tar, then gzip (its trailer), before atomic_path renamed the file

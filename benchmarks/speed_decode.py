@@ -1,0 +1,130 @@
+"""Decoding speed: studies per second for greedy, beam 3 and beam 5 over the test split, the batched
+search against the plain per-study reference (cxrgen.decode). Writes metrics/speed.json key "decode"
+(other keys, such as "features", are kept).
+
+The reference runs the model once per beam per step, so it is timed on the first
+--reference-studies studies only and its rate extrapolated to the split; the output says so.
+
+    python benchmarks/speed_decode.py --model models/attention.keras --model models/baseline.keras
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from cxrgen.archives import write_json_atomic  # noqa: E402
+from cxrgen.decode import DecodeSettings, beam_search, beam_search_reference  # noqa: E402
+from cxrgen.errors import CxrgenError  # noqa: E402
+from cxrgen.models import load_model, model_name_of  # noqa: E402
+from cxrgen.train import load_features  # noqa: E402
+from cxrgen.vocab import Vocab  # noqa: E402
+
+WIDTHS = {"greedy": 1, "beam3": 3, "beam5": 5}
+
+
+def machine() -> dict:
+    gpus = []
+    for device in tf.config.list_physical_devices("GPU"):
+        details = tf.config.experimental.get_device_details(device)
+        gpus.append(details.get("device_name", device.name))
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "gpus": gpus,
+    }
+
+
+def timed(function) -> tuple[object, float]:
+    start = time.perf_counter()
+    result = function()
+    return result, time.perf_counter() - start
+
+
+def benchmark_model(model_path: Path, features_dir: Path, split: str, max_len: int, batch_size: int,
+                    reference_studies: int) -> dict:
+    model = load_model(model_path)
+    features = load_features(features_dir / f"features_{split}.npz", model.feature_key).astype(np.float32)
+    subset = features[:reference_studies]
+    results = {}
+    for label, width in WIDTHS.items():
+        settings = DecodeSettings(beam_width=width, max_len=max_len)
+        # Untimed first runs: tracing the tf.functions is a one-off cost, not decoding speed.
+        beam_search(model, features[:batch_size], settings, batch_size)
+        beam_search_reference(model, subset[:1], settings)
+        batched, batched_s = timed(lambda: beam_search(model, features, settings, batch_size))
+        reference, reference_s = timed(lambda: beam_search_reference(model, subset, settings))
+        batched_rate = len(features) / batched_s
+        reference_rate = len(subset) / reference_s
+        same = (batched.tokens[: len(subset)] == reference.tokens).all(axis=1)
+        results[label] = {
+            "beam_width": width,
+            "batched_studies_per_s": round(batched_rate, 2),
+            "batched_seconds": round(batched_s, 3),
+            "reference_studies_per_s": round(reference_rate, 3),
+            "reference_seconds_extrapolated": round(len(features) / reference_rate, 1),
+            "speedup": round(batched_rate / reference_rate, 1),
+            "same_reports_as_reference": f"{int(same.sum())}/{len(subset)}",
+            "mean_generated_tokens": round(float(batched.lengths.mean()), 2),
+        }
+        print(f"{model_path.name} {label}: batched {batched_rate:.1f} studies/s, reference {reference_rate:.2f} "
+              f"studies/s (on {len(subset)} studies), speedup {batched_rate / reference_rate:.1f}x, "
+              f"same reports {int(same.sum())}/{len(subset)}", file=sys.stderr, flush=True)
+    return {
+        "model": model_name_of(model),
+        "model_file": str(model_path),
+        "split": split,
+        "studies": int(len(features)),
+        "max_len": max_len,
+        "batch_size": batch_size,
+        "reference_studies_timed": int(len(subset)),
+        "note": (f"the per-study reference was timed on the first {len(subset)} studies; its rate and "
+                 f"'reference_seconds_extrapolated' are extrapolated to all {len(features)} studies"),
+        "results": results,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--features", type=Path, default=Path("data/features"))
+    parser.add_argument("--model", type=Path, action="append", help="a .keras model (repeat for several); "
+                        "default: models/baseline.keras and models/attention.keras")
+    parser.add_argument("--vocab", type=Path, default=Path("data/prepared/vocab.json"),
+                        help="gives the default --max-len (the vocabulary's, <start> and <end> counted)")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--max-len", type=int, help="default: the vocabulary's max_len, else 60")
+    parser.add_argument("--batch-size", type=int, default=64, help="studies decoded together")
+    parser.add_argument("--reference-studies", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=Path("metrics/speed.json"))
+    args = parser.parse_args()
+    models = args.model or [Path("models/baseline.keras"), Path("models/attention.keras")]
+    max_len = args.max_len or Vocab.load(args.vocab).max_len or 60
+    decode = {"machine": machine(), "models": {}}
+    for path in models:
+        result = benchmark_model(path, args.features, args.split, max_len, args.batch_size, args.reference_studies)
+        decode["models"][result["model"]] = result
+    speed = json.loads(args.out.read_text()) if args.out.exists() else {}
+    speed["decode"] = decode
+    write_json_atomic(args.out, speed)
+    print(json.dumps(decode, indent=2))
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except CxrgenError as exc:
+        print(f"speed_decode: error: {exc}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,325 @@
+"""Training a report generator with teacher forcing, and the blank-image control.
+
+One run of `train`:
+1. the model learns the training reports from the real image features; early stopping and the
+   choice of the kept weights look at the validation loss only (the test split is never read);
+2. with `train.image_control` on, the same model (same seed, same settings) learns again with every
+   study given the features of two black images (data/features/blank.npz). That model can only
+   learn the language of the reports, so the gap between the two validation losses is what the
+   images are worth. A model that does not beat its blank-image twin does not use the images.
+
+Losses are the cross-entropy of the next word averaged over real tokens (<pad> left out). The
+metrics' `val_loss` / `train_loss` are computed once more at the end over the whole split with
+dropout off (exact token averages; Keras's per-epoch curves average per-batch values).
+"""
+
+from __future__ import annotations
+
+import json
+import weakref
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from .archives import write_json_atomic
+from .errors import BadInput
+from .models import MODELS, MaskedTokenLoss, ReportGenerator, build_model, save_model
+from .tables import read_parquet
+from .text import tokenize
+from .vocab import PAD_ID, Vocab
+
+TRAIN_DEFAULTS = {
+    "seed": 0,
+    "epochs": 40,
+    "batch_size": 32,
+    "learning_rate": 0.001,
+    "clipnorm": 5.0,            # gradient norm clipping: recurrent nets blow up now and then
+    "patience": 5,              # epochs without a better val loss before stopping
+    "strategy": "none",         # none | mirrored (all GPUs, or all logical CPU devices)
+    "image_control": True,      # also train on blank-image features and report the gap
+    "deterministic": True,      # tf.config.experimental.enable_op_determinism
+}
+STRATEGIES = ("none", "mirrored")
+BLANK_PREFIX = "blank_images/"
+
+
+def train_settings(params: dict) -> dict:
+    """params.yaml `train`, with defaults, checked (a typo must not silently fall back)."""
+    given = params.get("train") or {}
+    unknown = set(given) - set(TRAIN_DEFAULTS)
+    if unknown:
+        raise BadInput("params.yaml", f"train has unknown keys {sorted(unknown)}; known: {sorted(TRAIN_DEFAULTS)}")
+    settings = {**TRAIN_DEFAULTS, **given}
+    if settings["strategy"] not in STRATEGIES:
+        raise BadInput("params.yaml", f"train.strategy must be one of {STRATEGIES}, not {settings['strategy']!r}")
+    for key in ("epochs", "batch_size", "patience"):
+        if not isinstance(settings[key], int) or settings[key] < 1:
+            raise BadInput("params.yaml", f"train.{key} must be a positive integer, not {settings[key]!r}")
+    return settings
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+@dataclass
+class TrainingData:
+    """Features and token ids of the train and val splits, and the blank-image features."""
+
+    vocab_size: int
+    feature_key: str
+    features: dict[str, np.ndarray]   # split -> (N, *feature_shape), float16 as stored
+    tokens: dict[str, np.ndarray]     # split -> (N, T) int32: <start> words <end> <pad>...
+    blank: np.ndarray                 # (1, *feature_shape): one study of two black images
+    info: dict                        # data/features/features.json
+
+    @property
+    def feature_shape(self) -> tuple:
+        return tuple(self.blank.shape[1:])
+
+
+def token_matrix(texts, vocab: Vocab) -> np.ndarray:
+    """<start> ids <end> padded to the longest report (at most vocab.max_len) as int32 (N, T)."""
+    rows = [vocab.encode(tokenize(text)) for text in texts]
+    width = max((len(row) for row in rows), default=2)
+    matrix = np.full((len(rows), width), PAD_ID, dtype=np.int32)
+    for i, row in enumerate(rows):
+        matrix[i, : len(row)] = row
+    return matrix
+
+
+def load_features(path: Path, key: str) -> np.ndarray:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if key not in archive.files:
+                raise BadInput(path, f"no '{key}' array (has {sorted(archive.files)})")
+            return archive[key]
+    except FileNotFoundError:
+        raise BadInput(path, "features file not found (run the features stage)") from None
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise BadInput(path, f"not a readable .npz file ({exc})") from None
+
+
+def load_training_data(features_dir: str | Path, prepared_dir: str | Path, feature_key: str,
+                       splits: tuple[str, ...] = ("train", "val")) -> TrainingData:
+    features_dir, prepared_dir = Path(features_dir), Path(prepared_dir)
+    vocab = Vocab.load(prepared_dir / "vocab.json")
+    studies_path = prepared_dir / "studies.parquet"
+    if not studies_path.exists():
+        raise BadInput(studies_path, "not found (run the prepare stage)")
+    studies = read_parquet(studies_path)
+    info_path = features_dir / "features.json"
+    try:
+        info = json.loads(info_path.read_text())
+    except FileNotFoundError:
+        raise BadInput(info_path, "not found (run the features stage)") from None
+    except ValueError as exc:
+        raise BadInput(info_path, f"not valid JSON ({exc})") from None
+    blank = load_features(features_dir / "blank.npz", feature_key)
+    if blank.shape[0] != 1:
+        raise BadInput(features_dir / "blank.npz", f"'{feature_key}' should hold one study, has {blank.shape[0]}")
+    features, tokens = {}, {}
+    for split in splits:
+        texts = studies.loc[studies["split"] == split, "text"].tolist()
+        path = features_dir / f"features_{split}.npz"
+        array = load_features(path, feature_key)
+        if array.shape[0] != len(texts):
+            raise BadInput(path, f"{array.shape[0]} rows but studies.parquet has {len(texts)} {split} studies "
+                                 "(rerun the features stage)")
+        if array.shape[1:] != blank.shape[1:]:
+            raise BadInput(path, f"'{feature_key}' rows are {array.shape[1:]}, blank.npz's are {blank.shape[1:]}")
+        if not texts:
+            raise BadInput(studies_path, f"the {split} split is empty")
+        features[split], tokens[split] = array, token_matrix(texts, vocab)
+    return TrainingData(len(vocab), feature_key, features, tokens, blank, info)
+
+
+def make_dataset(features: np.ndarray, tokens: np.ndarray, batch_size: int, shuffle: bool = False,
+                 seed: int = 0, blank: bool = False) -> tf.data.Dataset:
+    """Batches of ({"features", "tokens": ids[:-1]}, next ids = ids[1:]) (teacher forcing).
+
+    blank=True: `features` is ONE study's features, given to every study (the image control).
+    """
+    def pair(study_features, ids):
+        return {"features": tf.cast(study_features, tf.float32), "tokens": ids[:-1]}, ids[1:]
+
+    if blank:
+        constant = tf.constant(features[0])
+        dataset = tf.data.Dataset.from_tensor_slices(tokens).map(lambda ids: pair(constant, ids))
+    else:
+        dataset = tf.data.Dataset.from_tensor_slices((features, tokens)).map(pair)
+    if shuffle:
+        dataset = dataset.shuffle(len(tokens), seed=seed, reshuffle_each_iteration=True)
+    options = tf.data.Options()
+    options.deterministic = True
+    # In-memory arrays: MirroredStrategy splits each batch between the replicas (no files to shard).
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    dataset = dataset.batch(batch_size).map(_trim_padding)
+    return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def _trim_padding(inputs, targets):
+    """Cut the batch to its longest report: the recurrent layers then run no step on <pad> alone
+    (reports run from ~10 to 60 tokens). Padding only ever follows the words, so nothing is lost."""
+    length = tf.reduce_max(tf.reduce_sum(tf.cast(tf.not_equal(targets, PAD_ID), tf.int32), axis=1))
+    return {**inputs, "tokens": inputs["tokens"][:, :length]}, targets[:, :length]
+
+
+# ---------------------------------------------------------------------------------------------
+# Fitting
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    """`none`: the default (one device). `mirrored`: every GPU, or else every logical CPU device."""
+    if name == "none":
+        return tf.distribute.get_strategy()
+    if name != "mirrored":
+        raise BadInput("params.yaml", f"train.strategy must be one of {STRATEGIES}, not {name!r}")
+    if tf.config.list_logical_devices("GPU"):
+        return tf.distribute.MirroredStrategy()
+    devices = [device.name for device in tf.config.list_logical_devices("CPU")]
+    # NCCL all-reduce needs GPUs; on CPUs the replicas' gradients are summed on one device.
+    return tf.distribute.MirroredStrategy(devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
+
+
+class LiveCurves(keras.callbacks.Callback):
+    """Per-epoch train and val loss into a dvclive.Live, step = epoch number (1, 2, ...)."""
+
+    def __init__(self, live, prefix: str = ""):
+        super().__init__()
+        self.live, self.prefix = live, prefix
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        self.live.step = epoch + 1
+        for key in ("loss", "val_loss"):
+            if key in logs:
+                self.live.log_metric(f"{self.prefix}{key}", round(float(logs[key]), 6))
+        self.live.sync()
+
+
+@dataclass
+class FitResult:
+    model: ReportGenerator
+    best_epoch: int
+    epochs_run: int
+    history: dict
+
+
+def fit(model_name: str, sizes: dict, settings: dict, data: TrainingData, strategy: tf.distribute.Strategy,
+        blank: bool = False, callbacks: list | None = None, verbose: int = 0) -> FitResult:
+    """Train one model from its seed; the returned model holds the weights of the best val epoch."""
+    keras.utils.set_random_seed(settings["seed"])
+    with strategy.scope():
+        model = build_model(model_name, data.vocab_size, data.feature_shape, sizes)
+        # The real training features' statistics, for the blank-image twin too: it must see the
+        # same transform, only without the image content.
+        model.set_feature_statistics(data.features["train"])
+        model.compile(
+            optimizer=keras.optimizers.Adam(settings["learning_rate"], clipnorm=settings["clipnorm"]),
+            loss=MaskedTokenLoss(),
+        )
+    source = {split: (data.blank if blank else data.features[split]) for split in ("train", "val")}
+    train_set = make_dataset(source["train"], data.tokens["train"], settings["batch_size"], shuffle=True,
+                             seed=settings["seed"], blank=blank)
+    val_set = make_dataset(source["val"], data.tokens["val"], settings["batch_size"], blank=blank)
+    stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=settings["patience"],
+                                            restore_best_weights=True)  # restores at the end in Keras 3
+    history = model.fit(train_set, validation_data=val_set, epochs=settings["epochs"],
+                        callbacks=[stopper, *(callbacks or [])], shuffle=False, verbose=verbose)
+    val_curve = history.history["val_loss"]
+    return FitResult(model, int(np.argmin(val_curve)) + 1, len(val_curve), history.history)
+
+
+_LOSS_SUMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _loss_sums(model: ReportGenerator):
+    """A tf.function (one per model, so it is traced once) giving a batch's total loss and token count."""
+    if model not in _LOSS_SUMS:
+        loss = MaskedTokenLoss()
+        signature = (
+            {"features": tf.TensorSpec((None, *model.feature_shape()), tf.float32),
+             "tokens": tf.TensorSpec((None, None), tf.int32)},
+            tf.TensorSpec((None, None), tf.int32),
+        )
+
+        owner = weakref.ref(model)  # the cache must not keep the model alive
+
+        @tf.function(input_signature=signature)  # any batch size and report length: one trace
+        def sums(inputs, targets):
+            mean = loss(targets, owner()(inputs, training=False))
+            count = tf.reduce_sum(tf.cast(tf.not_equal(targets, PAD_ID), tf.float32))
+            return mean * count, count
+
+        _LOSS_SUMS[model] = sums
+    return _LOSS_SUMS[model]
+
+
+def token_loss(model: ReportGenerator, features: np.ndarray, tokens: np.ndarray, batch_size: int,
+               blank: bool = False) -> float:
+    """Mean cross-entropy per real token over a whole split, dropout off."""
+    sums = _loss_sums(model)
+    total = count = 0.0
+    for inputs, targets in make_dataset(features, tokens, batch_size, blank=blank):
+        batch_total, batch_count = sums(inputs, targets)
+        total += float(batch_total)
+        count += float(batch_count)
+    return total / max(count, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage
+
+
+def train(model_name: str, params: dict, features_dir: str | Path, prepared_dir: str | Path,
+          model_path: str | Path, metrics_path: str | Path, live_dir: str | Path, verbose: int = 0) -> dict:
+    """Train `model_name` (and its blank-image twin), save the model and the metrics; return them."""
+    from dvclive import Live  # imports DVC: only when training
+
+    if model_name not in MODELS:
+        raise BadInput("params.yaml", f"unknown model {model_name!r}; choose one of {sorted(MODELS)}")
+    settings = train_settings(params)
+    sizes = (params.get("model") or {}).get(model_name) or {}
+    if settings["deterministic"]:
+        tf.config.experimental.enable_op_determinism()
+    data = load_training_data(features_dir, prepared_dir, MODELS[model_name].feature_key)
+    strategy = make_strategy(settings["strategy"])
+    live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
+    try:
+        real = fit(model_name, sizes, settings, data, strategy, callbacks=[LiveCurves(live)], verbose=verbose)
+        batch = settings["batch_size"]
+        metrics = {
+            "model": model_name,
+            "params": int(real.model.count_params()),
+            "best_epoch": real.best_epoch,
+            "epochs_run": real.epochs_run,
+            "train_loss": round(token_loss(real.model, data.features["train"], data.tokens["train"], batch), 6),
+            "val_loss": round(token_loss(real.model, data.features["val"], data.tokens["val"], batch), 6),
+            "replicas": int(strategy.num_replicas_in_sync),
+            "train_seed": settings["seed"],
+            "data_source": data.info.get("data_source"),
+            "weights": data.info.get("weights"),
+            "features_seed": data.info.get("seed"),
+            "train_studies": int(len(data.tokens["train"])),
+            "val_studies": int(len(data.tokens["val"])),
+        }
+        metrics["val_perplexity"] = round(float(np.exp(metrics["val_loss"])), 4)
+        save_model(real.model, model_path)
+        if settings["image_control"]:
+            control = fit(model_name, sizes, settings, data, strategy, blank=True,
+                          callbacks=[LiveCurves(live, BLANK_PREFIX)], verbose=verbose)
+            blank_val = round(token_loss(control.model, data.blank, data.tokens["val"], batch, blank=True), 6)
+            metrics.update({
+                "val_loss_blank_images": blank_val,
+                "val_loss_gain": round(blank_val - metrics["val_loss"], 6),
+                "blank_images_best_epoch": control.best_epoch,
+            })
+    finally:
+        live.end()
+    write_json_atomic(metrics_path, metrics)
+    return metrics

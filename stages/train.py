@@ -1,0 +1,48 @@
+"""DVC stage `train`: features + prepared reports → one trained report generator, its metrics and curves.
+
+Reads params `train` and `model.<name>` only (never `decode`: a new beam width must not retrain).
+"""
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from cxrgen.params import load_params  # noqa: E402
+from cxrgen.stage import run_stage  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", required=True, choices=["baseline", "attention"])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--features", default="data/features")
+    parser.add_argument("--prepared", default="data/prepared")
+    parser.add_argument("--out", help="model file (default models/<model>.keras)")
+    parser.add_argument("--metrics", help="metrics file (default metrics/train_<model>.json)")
+    parser.add_argument("--live", help="dvclive folder (default dvclive/<model>)")
+    args = parser.parse_args()
+    params = load_params(args.params)
+
+    from cxrgen.train import train  # TensorFlow loads here, after the arguments are checked
+
+    metrics = train(
+        args.model, params, args.features, args.prepared,
+        model_path=args.out or f"models/{args.model}.keras",
+        metrics_path=args.metrics or f"metrics/train_{args.model}.json",
+        live_dir=args.live or f"dvclive/{args.model}",
+        verbose=2,
+    )
+    summary = f"train: {args.model}: val loss {metrics['val_loss']:.4f} (best epoch {metrics['best_epoch']})"
+    if "val_loss_blank_images" in metrics:
+        summary += (f", blank images {metrics['val_loss_blank_images']:.4f},"
+                    f" gain {metrics['val_loss_gain']:+.4f}")
+    print(summary, flush=True)
+    if metrics.get("val_loss_gain", 1.0) <= 0:
+        print(f"train: warning: the {args.model} model does no better with the images than with blank ones",
+              file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    run_stage("train", main)

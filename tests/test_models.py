@@ -1,0 +1,185 @@
+"""The report generators: teacher forcing equals step-by-step decoding, attention is per study,
+saved files load in safe mode, the loss ignores padding."""
+
+from __future__ import annotations
+
+import os
+import zipfile
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from cxrgen.errors import BadInput  # noqa: E402
+from cxrgen.models import (  # noqa: E402
+    AttentionGenerator,
+    BaselineGenerator,
+    MaskedTokenLoss,
+    build_model,
+    load_model,
+    save_model,
+)
+from cxrgen.vocab import PAD_ID  # noqa: E402
+
+VOCAB = 17
+FEATURE_DIM = 12
+SHAPES = {"baseline": (2, FEATURE_DIM), "attention": (2, 49, FEATURE_DIM)}
+SIZES = {
+    "baseline": {"embedding_dim": 6, "units": 10, "dropout": 0.2},
+    "attention": {"embedding_dim": 6, "units": 10, "projection_dim": 8, "attention_dim": 7, "dropout": 0.2},
+}
+
+
+def tiny(name: str, seed: int = 0, **extra):
+    keras.utils.set_random_seed(seed)
+    return build_model(name, VOCAB, SHAPES[name], {**SIZES[name], **extra})
+
+
+def batch(name: str, studies: int = 3, steps: int = 6, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    features = rng.random((studies, *SHAPES[name])).astype(np.float16)
+    tokens = rng.integers(1, VOCAB, (studies, steps)).astype(np.int32)
+    return {"features": features, "tokens": tokens}
+
+
+def step_by_step(model, inputs):
+    """Logits and attention from the decoder step alone, fed the same tokens one at a time."""
+    context = model.encode(inputs["features"])
+    states = model.initial_state(context)
+    logits, attention = [], []
+    for t in range(inputs["tokens"].shape[1]):
+        step_logits, states, weights = model.step(inputs["tokens"][:, t], states, context)
+        logits.append(step_logits.numpy())
+        attention.append(None if weights is None else weights.numpy())
+    return np.stack(logits, 1), (None if attention[0] is None else np.stack(attention, 1))
+
+
+@pytest.mark.parametrize("name,extra", [("baseline", {}), ("attention", {}), ("attention", {"rnn": "lstm"})])
+def test_teacher_forcing_matches_the_decoder_step(name, extra):
+    model = tiny(name, **extra)
+    inputs = batch(name)
+    logits = model(inputs).numpy()
+    assert logits.shape == (3, 6, VOCAB)
+    step_logits, step_attention = step_by_step(model, inputs)
+    np.testing.assert_allclose(step_logits, logits, atol=1e-5)
+    if name == "attention":
+        forced = model.teacher_forced_attention(inputs).numpy()
+        np.testing.assert_allclose(step_attention, forced, atol=1e-6)
+
+
+def test_attention_weights_cover_the_98_regions_of_both_views_per_word():
+    model = tiny("attention")
+    inputs = batch("attention", studies=2, steps=5)
+    weights = model.teacher_forced_attention(inputs).numpy()
+    assert weights.shape == (2, 5, 98)
+    np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-5)
+    assert (weights >= 0).all()
+
+
+def test_attention_is_over_one_studys_regions_not_across_the_batch():
+    """The case study's flaw: attention over one pooled vector per study attends across the batch."""
+    model = tiny("attention")
+    a, b = batch("attention", studies=2, seed=1), batch("attention", studies=2, seed=2)
+    mixed = {"features": np.stack([a["features"][0], b["features"][1]]),
+             "tokens": np.stack([a["tokens"][0], b["tokens"][1]])}
+    np.testing.assert_allclose(model.teacher_forced_attention(mixed).numpy()[0],
+                               model.teacher_forced_attention(a).numpy()[0], atol=1e-6)
+    np.testing.assert_allclose(model(mixed).numpy()[0], model(a).numpy()[0], atol=1e-5)
+
+
+def test_attention_follows_the_region_contents():
+    model = tiny("attention")
+    inputs = batch("attention", studies=1)
+    before = model.teacher_forced_attention(inputs).numpy()
+    brighter = {**inputs, "features": inputs["features"].copy()}
+    brighter["features"][0, 1, 5] += 5.0  # one region of the lateral view
+    after = model.teacher_forced_attention(brighter).numpy()
+    change = np.abs(after - before).mean(axis=(0, 1))
+    assert change[49 + 5] > 0  # the weights see the change (region 49 + 5 = lateral cell 5)
+    assert not np.allclose(after, before)
+
+
+def test_baseline_uses_both_views():
+    model = tiny("baseline")
+    inputs = batch("baseline", studies=1)
+    for view in (0, 1):
+        changed = {**inputs, "features": inputs["features"].copy()}
+        changed["features"][0, view] += 1.0
+        assert not np.allclose(model(changed).numpy(), model(inputs).numpy())
+
+
+def test_dropout_only_in_training():
+    model = tiny("attention")
+    inputs = batch("attention")
+    np.testing.assert_array_equal(model(inputs).numpy(), model(inputs).numpy())
+    assert not np.allclose(model(inputs, training=True).numpy(), model(inputs).numpy())
+
+
+@pytest.mark.parametrize("name", ["baseline", "attention"])
+def test_saved_file_loads_in_safe_mode_with_the_same_outputs(name, tmp_path):
+    model = tiny(name)
+    model.compile(optimizer="adam", loss=MaskedTokenLoss())
+    inputs = batch(name)
+    path = tmp_path / f"{name}.keras"
+    save_model(model, path)
+    loaded = keras.models.load_model(path, safe_mode=True)
+    assert type(loaded) is type(model)
+    assert loaded.get_config() == model.get_config()
+    np.testing.assert_array_equal(loaded(inputs).numpy(), model(inputs).numpy())
+    np.testing.assert_array_equal(step_by_step(loaded, inputs)[0], step_by_step(model, inputs)[0])
+    assert not list(tmp_path.glob(".*partial*")), "temporary files left behind"
+    # No optimizer state in the file, and the same bytes for the same weights (no save time).
+    with zipfile.ZipFile(path) as archive:
+        assert sorted(archive.namelist()) == ["config.json", "metadata.json", "model.weights.h5"]
+    again = tmp_path / "again.keras"
+    save_model(load_model(path), again)
+    assert again.read_bytes() == path.read_bytes()
+
+
+def test_load_model_refuses_what_is_not_a_report_generator(tmp_path):
+    with pytest.raises(BadInput, match="not found"):
+        load_model(tmp_path / "missing.keras")
+    broken = tmp_path / "broken.keras"
+    broken.write_bytes(b"not a zip")
+    with pytest.raises(BadInput, match="not a loadable"):
+        load_model(broken)
+    other = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    other.save(tmp_path / "other.keras")
+    with pytest.raises(BadInput, match="not a cxrgen report generator"):
+        load_model(tmp_path / "other.keras")
+
+
+def test_save_refuses_a_name_keras_cannot_load(tmp_path):
+    with pytest.raises(BadInput, match=".keras"):
+        save_model(tiny("baseline"), tmp_path / "model.h5")
+
+
+def test_build_model_checks_its_settings():
+    with pytest.raises(BadInput, match="unknown keys"):
+        build_model("baseline", VOCAB, SHAPES["baseline"], {"unit": 3})
+    with pytest.raises(BadInput, match="unknown model"):
+        build_model("transformer", VOCAB, SHAPES["baseline"])
+    with pytest.raises(BadInput, match="spatial"):
+        build_model("attention", VOCAB, SHAPES["baseline"])  # pooled features given to attention
+    with pytest.raises(BadInput, match="gru or lstm"):
+        build_model("attention", VOCAB, SHAPES["attention"], {"rnn": "rnn"})
+    assert isinstance(build_model("baseline", VOCAB, SHAPES["baseline"]), BaselineGenerator)
+    model = build_model("attention", VOCAB, (2, 4, FEATURE_DIM), SIZES["attention"])
+    assert isinstance(model, AttentionGenerator) and model.regions == 8
+
+
+def test_loss_is_the_mean_over_real_tokens_and_ignores_padding():
+    rng = np.random.default_rng(0)
+    targets = np.array([[5, 6, 2, PAD_ID, PAD_ID], [7, 2, PAD_ID, PAD_ID, PAD_ID]], dtype=np.int32)
+    logits = rng.normal(size=(2, 5, VOCAB)).astype(np.float32)
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    real = targets != PAD_ID
+    picked = np.take_along_axis(log_probs, targets[..., None], -1)[..., 0]
+    expected = -picked[real].sum() / real.sum()  # 5 real tokens, not 10 positions, not per-row means
+    loss = MaskedTokenLoss()
+    assert float(loss(targets, logits)) == pytest.approx(expected, rel=1e-5)
+    changed = logits.copy()
+    changed[~real] = rng.normal(size=(int((~real).sum()), VOCAB)) * 10
+    assert float(loss(targets, changed)) == pytest.approx(expected, rel=1e-5)

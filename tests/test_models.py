@@ -183,3 +183,24 @@ def test_loss_is_the_mean_over_real_tokens_and_ignores_padding():
     changed = logits.copy()
     changed[~real] = rng.normal(size=(int((~real).sum()), VOCAB)) * 10
     assert float(loss(targets, changed)) == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["baseline", "attention"])
+def test_feature_statistics_standardise_the_input_and_travel_with_the_file(name, tmp_path):
+    rng = np.random.default_rng(3)
+    # DenseNet-like: small values that vary little between studies, one channel constant.
+    features = (0.02 + 0.003 * rng.normal(size=(40, *SHAPES[name]))).astype(np.float32)
+    features[..., 0] = 0.5
+    model = tiny(name)
+    model.set_feature_statistics(features)
+    standardised = keras.ops.convert_to_numpy(model.standardise(features)).reshape(-1, FEATURE_DIM)
+    np.testing.assert_allclose(standardised[:, 1:].mean(axis=0), 0.0, atol=1e-3)
+    np.testing.assert_allclose(standardised[:, 1:].std(axis=0), 1.0, atol=1e-3)
+    np.testing.assert_allclose(standardised[:, 0], 0.0, atol=1e-6)   # constant channel: centred, scale 1
+    save_model(model, tmp_path / f"{name}.keras")
+    loaded = load_model(tmp_path / f"{name}.keras")
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded.feature_scale),
+                                  keras.ops.convert_to_numpy(model.feature_scale))
+    inputs = batch(name)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(inputs)),
+                               keras.ops.convert_to_numpy(model(inputs)), atol=1e-5)

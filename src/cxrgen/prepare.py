@@ -129,9 +129,12 @@ def prepare(reports: pd.DataFrame, images: pd.DataFrame, raw_dir: str | Path, pa
 
     mesh = dict(zip(reports["report_id"], reports["mesh_major"]))
     pairs = {}
+    # One pass over the images (a mask per report is quadratic: minutes at the full collection's size).
+    available = usable[usable["image_id"].isin(decoded)]
+    views_by_report = {report_id: list(zip(group["position"], group["image_id"], group["projection"]))
+                       for report_id, group in available.groupby("report_id", sort=False)}
     for report_id in sorted(texts, key=_report_key):
-        study = usable[(usable["report_id"] == report_id) & usable["image_id"].isin(decoded)]
-        pair = choose_views(list(zip(study["position"], study["image_id"], study["projection"])))
+        pair = choose_views(views_by_report.get(report_id, []))
         if pair is None:
             counts.drop("no usable image", report_id, warn=False)
             continue

@@ -33,6 +33,7 @@ import tensorflow as tf
 
 from .errors import BadInput
 from .models import ReportGenerator
+from .params import with_defaults
 from .vocab import END_ID, PAD_ID, START_ID, Vocab
 
 NEVER_GENERATED = (PAD_ID, START_ID)
@@ -61,12 +62,7 @@ class DecodeSettings:
 
     @classmethod
     def from_params(cls, params: dict) -> DecodeSettings:
-        given = params.get("decode") or {}
-        unknown = set(given) - set(DECODE_DEFAULTS)
-        if unknown:
-            raise BadInput("params.yaml",
-                           f"decode has unknown keys {sorted(unknown)}; known: {sorted(DECODE_DEFAULTS)}")
-        return cls(**{**DECODE_DEFAULTS, **given})
+        return cls(**with_defaults(params, "decode", DECODE_DEFAULTS))
 
 
 @dataclass

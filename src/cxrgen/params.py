@@ -27,3 +27,13 @@ def section(params: dict, name: str, path: str | Path = "params.yaml") -> dict:
     if not isinstance(value, dict):
         raise BadInput(path, f"missing or malformed section '{name}'")
     return value
+
+
+def with_defaults(params: dict, name: str, defaults: dict, path: str | Path = "params.yaml") -> dict:
+    """Section `name` over its defaults; a key the code does not know is an error (a typo must not
+    silently fall back to the default)."""
+    given = params.get(name) or {}
+    unknown = set(given) - set(defaults)
+    if unknown:
+        raise BadInput(path, f"{name} has unknown keys {sorted(unknown)}; known: {sorted(defaults)}")
+    return {**defaults, **given}

@@ -28,6 +28,7 @@ import tensorflow as tf
 from .archives import write_json_atomic
 from .errors import BadInput
 from .models import MODELS, MaskedTokenLoss, ReportGenerator, build_model, save_model
+from .params import with_defaults
 from .tables import read_parquet
 from .text import tokenize
 from .vocab import PAD_ID, Vocab
@@ -49,11 +50,7 @@ BLANK_PREFIX = "blank_images/"
 
 def train_settings(params: dict) -> dict:
     """params.yaml `train`, with defaults, checked (a typo must not silently fall back)."""
-    given = params.get("train") or {}
-    unknown = set(given) - set(TRAIN_DEFAULTS)
-    if unknown:
-        raise BadInput("params.yaml", f"train has unknown keys {sorted(unknown)}; known: {sorted(TRAIN_DEFAULTS)}")
-    settings = {**TRAIN_DEFAULTS, **given}
+    settings = with_defaults(params, "train", TRAIN_DEFAULTS)
     if settings["strategy"] not in STRATEGIES:
         raise BadInput("params.yaml", f"train.strategy must be one of {STRATEGIES}, not {settings['strategy']!r}")
     for key in ("epochs", "batch_size", "patience"):

@@ -17,10 +17,22 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import SHARED_SAMPLE
 
 pytestmark = pytest.mark.pipeline
 
-SYNTHETIC_REPORTS = 40
+SYNTHETIC_REPORTS = 100
+# CI-sized models: the synthetic set is small and CI has two CPU cores (see the README for the
+# full-size settings). Every stage runs, through DVC, with these overrides.
+CI_OVERRIDES = [
+    "download.sources=[synthetic]",
+    f"download.synthetic.n_reports={SYNTHETIC_REPORTS}",
+    "model.baseline.embedding_dim=64", "model.baseline.units=128",
+    "model.attention.embedding_dim=64", "model.attention.units=128",
+    "model.attention.projection_dim=64", "model.attention.attention_dim=64",
+    "train.epochs=6", "train.batch_size=16",
+    "evaluate.n_resamples=300",
+]
 
 
 def _run(cmd: list[str], cwd: Path, timeout: float = 1200, check: bool = True) -> subprocess.CompletedProcess:
@@ -69,12 +81,11 @@ def _set_params(repo: Path, updates: dict) -> None:
 def synthetic_repo(project_root: Path, tmp_path_factory) -> Path:
     """A copy of the project after `dvc exp run` on the synthetic source (the README's command)."""
     repo = _copy_project(project_root, tmp_path_factory.mktemp("pipeline"))
-    _dvc(
-        "exp", "run",
-        "-S", "download.sources=[synthetic]",
-        "-S", f"download.synthetic.n_reports={SYNTHETIC_REPORTS}",
-        cwd=repo,
-    )
+    settings = list(CI_OVERRIDES)
+    if SHARED_SAMPLE.is_dir():   # the copy lives elsewhere: point the labeler check at the real sample
+        settings.append(f"labeler.sample_dir={SHARED_SAMPLE}")
+    overrides = [arg for setting in settings for arg in ("-S", setting)]
+    _dvc("exp", "run", *overrides, cwd=repo, timeout=2400)
     return repo
 
 
@@ -176,8 +187,89 @@ def test_rerunning_extract_and_prepare_gives_identical_bytes(synthetic_repo: Pat
     assert (synthetic_repo / "metrics" / "data.json").read_text() == metrics_before
 
 
-def test_changing_the_target_reruns_prepare_but_not_extract_or_download(synthetic_repo: Path):
-    result = _dvc("exp", "run", "-S", "text.target=impression", cwd=synthetic_repo)
+def _metrics(repo: Path, name: str) -> dict:
+    return json.loads((repo / "metrics" / f"{name}.json").read_text())
+
+
+def test_both_models_trained_with_their_blank_image_control(synthetic_repo: Path):
+    from cxrgen.models import load_model
+
+    for name in ("baseline", "attention"):
+        train = _metrics(synthetic_repo, f"train_{name}")
+        assert train["model"] == name and train["data_source"] == "synthetic"
+        assert train["weights"].startswith("random")
+        # Both numbers are there so that a reader can see whether the image helped; on the CI-sized
+        # set they are close (see the issue notes), so no sign is asserted here.
+        assert train["val_loss"] > 0 and train["val_loss_blank_images"] > 0
+        assert (synthetic_repo / "dvclive" / name / "plots" / "metrics").is_dir()
+        model = load_model(synthetic_repo / "models" / f"{name}.keras")
+        assert model.count_params() == train["params"]
+
+
+def test_evaluation_shows_floors_beside_every_model(synthetic_repo: Path):
+    floors = _metrics(synthetic_repo, "floors")
+    assert floors["constant_report"] and 0 < floors["constant_val_bleu_4"] <= 1
+    for floor in ("constant", "retrieval"):
+        assert 0 <= floors[floor]["bleu_4"] <= 1
+        assert floors[floor]["bleu_4_low"] <= floors[floor]["bleu_4"] <= floors[floor]["bleu_4_high"]
+    for name in ("baseline", "attention"):
+        record = _metrics(synthetic_repo, name)
+        assert record["data_source"] == "synthetic" and record["weights"].startswith("random")
+        assert record["split"]["method"] == "random" and record["train_seed"] == 0
+        for decoding in ("greedy", "beam"):
+            assert set(record[decoding]) >= {"bleu_1", "bleu_4", "meteor", "rouge_l", "cider", "micro_f1"}
+            assert record[decoding]["meteor"] is not None, "METEOR is null: is Java installed?"
+            for floor in ("constant", "retrieval"):
+                assert "micro_f1" in record[f"{decoding}_vs_{floor}"]
+        # The floors are scored by the same code in every evaluation.
+        assert record["beam_vs_constant"]["bleu_4"]["difference"] == pytest.approx(
+            record["beam"]["bleu_4"] - floors["constant"]["bleu_4"], abs=1e-5)
+    table = (synthetic_repo / "metrics" / "comparison.md").read_text()
+    for row in ("floor: constant", "floor: retrieval", "baseline (beam 3", "attention (beam 3"):
+        assert row in table, table
+    assert "synthetic" in table and "random" in table
+    maps = sorted((synthetic_repo / "metrics" / "attention_maps").glob("*.png"))
+    assert maps, "no attention maps written"
+
+
+def test_labeler_agreement_is_recorded(synthetic_repo: Path, shared_sample: Path):
+    labeler = _metrics(synthetic_repo, "labeler")
+    assert labeler["shared_sample"] is not None
+    assert labeler["shared_sample"]["micro"]["f1"] > 0.8
+    assert labeler["collection"]["micro"]["f1"] > 0.8  # synthetic MeSH terms follow the grammar's findings
+
+
+def test_new_beam_width_reruns_only_evaluation(synthetic_repo: Path):
+    # As a user would: commit the finished run, then try a setting against it.
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
+    _run([*git, "add", "-A"], cwd=synthetic_repo)
+    _run([*git, "commit", "-qm", "synthetic run"], cwd=synthetic_repo)
+    result = _dvc("exp", "run", "-S", "decode.beam_width=5", cwd=synthetic_repo)
+    ran = result.stdout
+    for stage in ("download", "extract", "prepare", "features", "train@baseline", "train@attention",
+                  "floors", "labeler"):
+        assert f"Running stage '{stage}'" not in ran, ran
+    assert "Running stage 'evaluate@attention'" in ran, ran
+    assert _metrics(synthetic_repo, "attention")["decode"]["beam_width"] == 5
+    diff = json.loads(_dvc("metrics", "diff", "--json", cwd=synthetic_repo).stdout)
+    changed = diff.get("metrics/attention.json", {})
+    assert "decode.beam_width" in changed, sorted(changed)
+    assert not any(path.startswith("metrics/train_") for path in diff), sorted(diff)
+
+
+def test_app_serves_the_pipeline_models_to_a_real_browser(synthetic_repo: Path, project_root: Path):
+    """The README's app command on what this synthetic `dvc repro` made, driven by headless chromium."""
+    env = {**os.environ, "CXRGEN_TEST_PROJECT": str(synthetic_repo)}
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             str(project_root / "tests" / "test_app_browser.py")],
+                            cwd=project_root, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+
+
+# Last: it leaves the workspace on another target.
+def test_changing_the_target_reruns_prepare_and_what_follows_not_extract_or_download(synthetic_repo: Path):
+    # Only up to prepare (retraining is not what this checks); `dvc status` shows what follows is stale.
+    result = _dvc("exp", "run", "-S", "text.target=impression", "prepare", cwd=synthetic_repo)
     ran = result.stdout
     assert "Running stage 'prepare'" in ran, ran
     assert "Running stage 'extract'" not in ran and "Running stage 'download'" not in ran, ran
@@ -185,3 +277,5 @@ def test_changing_the_target_reruns_prepare_but_not_extract_or_download(syntheti
     assert data["target"] == "impression"
     with_impression = [r for r in _truth(synthetic_repo)["reports"].values() if r["sections"]["IMPRESSION"]]
     assert data["counts"]["reports_with_target_text"] == len(with_impression)
+    stale = json.loads(_dvc("status", "--json", cwd=synthetic_repo).stdout)
+    assert "features" in stale and "extract" not in stale and "download" not in stale, stale

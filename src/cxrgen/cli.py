@@ -41,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     app = commands.add_parser("app", help="start the report assistant (Streamlit) on 127.0.0.1")
     app.add_argument("--port", type=int, default=8501)
     app.add_argument("--project", default=None, help="project directory (default: . or $CXRGEN_PROJECT)")
+    seeds = commands.add_parser("seeds", help="mean ± std over training seeds from `dvc exp show` → metrics/seeds.md")
+    seeds.add_argument("--project", default=None, help="project directory (default: . or $CXRGEN_PROJECT)")
+    seeds.add_argument("--out", default="metrics/seeds.md", help="Markdown file, relative to the project")
     return parser
 
 
@@ -54,6 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "app":
             return run_app(args.port, _project(args))
+        if args.command == "seeds":
+            from .seeds import write_summary
+
+            print(write_summary(_project(args), args.out), end="")
+            return 0
         return run_generate(args, parser)
     except CxrgenError as exc:
         print(f"cxrgen: error: {exc}", file=sys.stderr, flush=True)

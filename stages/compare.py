@@ -1,0 +1,34 @@
+"""DVC stage `compare`: metrics/<model>.json + metrics/floors.json → metrics/comparison.md."""
+
+import argparse
+import json
+from pathlib import Path
+
+from cxrgen.archives import atomic_path
+from cxrgen.compare import comparison_markdown
+from cxrgen.errors import BadInput
+from cxrgen.stage import run_stage
+
+
+def _read(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BadInput(path, "not found (run the evaluate and floors stages)") from None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--models", nargs="+", default=["baseline", "attention"])
+    parser.add_argument("--floors", default="metrics/floors.json")
+    parser.add_argument("--out", default="metrics/comparison.md")
+    args = parser.parse_args()
+    models = {name: _read(Path(f"metrics/{name}.json")) for name in args.models}
+    text = comparison_markdown(models, _read(Path(args.floors)))
+    with atomic_path(args.out) as tmp:
+        tmp.write_text(text)
+    print(text.split("## In short", 1)[1].strip(), flush=True)
+
+
+if __name__ == "__main__":
+    run_stage("compare", main)

@@ -186,21 +186,30 @@ def test_loss_is_the_mean_over_real_tokens_and_ignores_padding():
 
 
 @pytest.mark.parametrize("name", ["baseline", "attention"])
-def test_feature_statistics_standardise_the_input_and_travel_with_the_file(name, tmp_path):
+def test_feature_statistics_whiten_the_input_and_travel_with_the_file(name, tmp_path):
     rng = np.random.default_rng(3)
-    # DenseNet-like: small values that vary little between studies, one channel constant.
-    features = (0.02 + 0.003 * rng.normal(size=(40, *SHAPES[name]))).astype(np.float32)
+    # DenseNet-like: small values, strongly correlated channels (one common factor), one constant channel.
+    common = rng.normal(size=(200, *SHAPES[name][:-1], 1))
+    features = (0.02 + 0.003 * (2.0 * common + 0.3 * rng.normal(size=(200, *SHAPES[name])))).astype(np.float32)
     features[..., 0] = 0.5
     model = tiny(name)
     model.set_feature_statistics(features)
-    standardised = keras.ops.convert_to_numpy(model.standardise(features)).reshape(-1, FEATURE_DIM)
-    np.testing.assert_allclose(standardised[:, 1:].mean(axis=0), 0.0, atol=1e-3)
-    np.testing.assert_allclose(standardised[:, 1:].std(axis=0), 1.0, atol=1e-3)
-    np.testing.assert_allclose(standardised[:, 0], 0.0, atol=1e-6)   # constant channel: centred, scale 1
+    whitened = keras.ops.convert_to_numpy(model.standardise(features)).reshape(-1, FEATURE_DIM)
+    covariance = np.cov(whitened[:, 1:].T)
+    np.testing.assert_allclose(whitened[:, 1:].mean(axis=0), 0.0, atol=1e-3)
+    # Decorrelated; the common factor no longer dominates; variances near 1, less where the
+    # regularisation (1 % of the mean eigenvalue) damps the small noise directions.
+    off_diagonal = covariance[~np.eye(FEATURE_DIM - 1, dtype=bool)]
+    assert np.abs(off_diagonal).max() < 0.05
+    assert np.all((np.diag(covariance) > 0.6) & (np.diag(covariance) < 1.05))
+    assert np.linalg.eigvalsh(covariance).max() < 1.05
+    np.testing.assert_allclose(whitened[:, 0], 0.0, atol=1e-6)   # the constant channel stays at 0
+    raw_correlation = np.corrcoef(features.reshape(-1, FEATURE_DIM)[:, 1:].T)
+    assert raw_correlation[np.triu_indices(FEATURE_DIM - 1, 1)].min() > 0.9   # the test input was correlated
     save_model(model, tmp_path / f"{name}.keras")
     loaded = load_model(tmp_path / f"{name}.keras")
-    np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded.feature_scale),
-                                  keras.ops.convert_to_numpy(model.feature_scale))
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded.feature_whitening),
+                                  keras.ops.convert_to_numpy(model.feature_whitening))
     inputs = batch(name)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(inputs)),
                                keras.ops.convert_to_numpy(model(inputs)), atol=1e-5)

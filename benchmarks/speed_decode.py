@@ -112,7 +112,11 @@ def main() -> None:
     args = parser.parse_args()
     models = args.model or [Path("models/baseline.keras"), Path("models/attention.keras")]
     max_len = args.max_len or Vocab.load(args.vocab).max_len or 60
-    decode = {"machine": machine(), "models": {}}
+    # What the numbers came from: the features' data source, weights and split sizes.
+    info_path = args.features / "features.json"
+    info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    decode = {"machine": machine(), "data": {k: info.get(k) for k in ("data_source", "weights", "counts")},
+              "models": {}}
     for path in models:
         result = benchmark_model(path, args.features, args.split, max_len, args.batch_size, args.reference_studies)
         decode["models"][result["model"]] = result

@@ -127,8 +127,11 @@ def main() -> None:
     n_images = 2 * len(images)
     stage_rate = n_images / float(np.median(stage_times))
     network_rate = n_images / float(np.median(network_times))
+    data_path = Path(args.prepared).parent.parent / "metrics" / "data.json"
+    data = json.loads(data_path.read_text()) if data_path.exists() else {}
     result = {
         "machine": load_before,
+        "data": {"data_source": data.get("data_source"), "reports": (data.get("counts") or {}).get("reports")},
         "device": device,
         "weights": choice.record(),
         "image_size": image_size,

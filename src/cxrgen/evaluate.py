@@ -186,7 +186,7 @@ def floor_reports(studies: pd.DataFrame, features_dir: str | Path) -> tuple[dict
     constant, val_bleu_4 = floors.constant_report(train_texts, val_texts)
     retrieved = floors.retrieval_reports(_pooled(features_dir, "train"), train_texts, _pooled(features_dir, "test"))
     chosen = {"constant_report": constant, "constant_val_bleu_4": round(val_bleu_4, 6),
-              "retrieval": "nearest training study by cosine of standardised pooled features (both views)"}
+              "retrieval": "nearest training study by cosine of whitened pooled features (both views)"}
     return {"constant": [constant] * len(test_texts), "retrieval": retrieved}, chosen
 
 

@@ -6,8 +6,9 @@ model is shown beside:
 `constant`   the one training report that scores the best corpus BLEU-4 on the val split, written
              for every test study (chosen on val, never on test);
 `retrieval`  for each test study, the report of the training study whose image features are
-             nearest (cosine similarity of the two views' pooled vectors, each view standardised
-             with the training statistics): a model that only copies the closest training case.
+             nearest (cosine similarity of the two views' pooled vectors, whitened with the
+             training statistics as the models whiten them): a model that only copies the closest
+             training case.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import scores
+from .whitening import whitening_transform
 
 
 def constant_report(train_texts: list[str], val_texts: list[str]) -> tuple[str, float]:
@@ -38,22 +40,17 @@ def constant_report(train_texts: list[str], val_texts: list[str]) -> tuple[str, 
     return best_text, float(best_score)
 
 
-def _standardised_views(pooled: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """(N, 2, F) → (N, 2F), each view standardised and scaled to unit length, so both views weigh the same."""
-    views = (np.asarray(pooled, np.float32) - mean) / scale
+def _whitened_views(pooled: np.ndarray, mean: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """(N, 2, F) → (N, 2F), each view whitened and scaled to unit length, so both views weigh the same."""
+    views = (np.asarray(pooled, np.float64) - mean) @ matrix
     views /= np.maximum(np.linalg.norm(views, axis=-1, keepdims=True), 1e-12)
     return views.reshape(len(views), -1)
 
 
 def nearest_training_study(train_pooled: np.ndarray, query_pooled: np.ndarray) -> np.ndarray:
     """Index into the training studies of each query's nearest neighbour (ties: the lowest index)."""
-    train = np.asarray(train_pooled, np.float32)
-    mean = train.reshape(-1, train.shape[-1]).mean(axis=0)
-    std = train.reshape(-1, train.shape[-1]).std(axis=0)
-    scale = np.where(std > 1e-8, std, 1.0)
-    train_vectors = _standardised_views(train, mean, scale)
-    query_vectors = _standardised_views(query_pooled, mean, scale)
-    similarity = query_vectors @ train_vectors.T
+    mean, matrix = whitening_transform(np.asarray(train_pooled))
+    similarity = _whitened_views(query_pooled, mean, matrix) @ _whitened_views(train_pooled, mean, matrix).T
     return np.argmax(similarity, axis=1)  # argmax returns the first of equal maxima
 
 

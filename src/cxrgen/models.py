@@ -35,12 +35,12 @@ from keras import layers, ops
 from .archives import atomic_path
 from .errors import BadInput
 from .vocab import PAD_ID
+from .whitening import whitening_transform
 
 VIEWS = 2
 REGIONS_PER_VIEW = 49  # DenseNet121's 7x7 grid at 224x224
 PACKAGE = "cxrgen"
 FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
-WHITENING_REGULARISATION = 0.01  # eigenvalue floor, as a fraction of the mean eigenvalue
 
 
 class ReportGenerator(keras.Model):
@@ -72,33 +72,11 @@ class ReportGenerator(keras.Model):
         self.feature_whitening = self.add_weight(shape=(self.feature_dim, self.feature_dim), initializer="identity",
                                                  trainable=False, name="feature_whitening")
 
-    def set_feature_statistics(self, features: np.ndarray, regularisation: float = WHITENING_REGULARISATION) -> None:
-        """Whiten with these (training) features: channel = last axis.
-
-        Channels are standardised first (constant ones keep scale 1), then decorrelated with
-        eigenvalues floored at `regularisation` x their mean, so near-empty directions are not
-        blown up into noise.
-        """
-        total = np.zeros(self.feature_dim)
-        products = np.zeros((self.feature_dim, self.feature_dim))
-        count = 0
-        for start in range(0, len(features), 256):  # in chunks: IU-size spatial maps are ~1.5 GB as float64
-            chunk = np.asarray(features[start:start + 256], np.float64).reshape(-1, self.feature_dim)
-            total += chunk.sum(axis=0)
-            products += chunk.T @ chunk
-            count += len(chunk)
-        if count == 0:
-            raise ValueError("no features to take statistics from")
-        mean = total / count
-        covariance = products / count - np.outer(mean, mean)
-        std = np.sqrt(np.maximum(np.diag(covariance), 0.0))
-        scale = np.where(std > 1e-8, std, 1.0)
-        correlation = covariance / np.outer(scale, scale)
-        values, vectors = np.linalg.eigh(correlation)
-        values = np.maximum(values, 0.0) + regularisation * max(float(values.mean()), 1e-12)
-        zca = (vectors / np.sqrt(values)) @ vectors.T
+    def set_feature_statistics(self, features: np.ndarray) -> None:
+        """Whiten with these (training) features (cxrgen.whitening)."""
+        mean, matrix = whitening_transform(features)
         self.feature_mean.assign(mean.astype(np.float32))
-        self.feature_whitening.assign((zca / scale[:, None]).astype(np.float32))
+        self.feature_whitening.assign(matrix.astype(np.float32))
 
     def standardise(self, features, training=False):
         """(features - mean) @ whitening, on the last axis; then the feature dropout when training."""

@@ -1,0 +1,34 @@
+"""ZCA whitening of feature channels (numpy only): what the models apply to their input, and what
+the retrieval floor measures its distances in, so both see the image features the same way."""
+
+from __future__ import annotations
+
+import numpy as np
+
+REGULARISATION = 0.01  # eigenvalue floor, as a fraction of the mean eigenvalue
+
+
+def whitening_transform(features: np.ndarray, regularisation: float = REGULARISATION) -> tuple[np.ndarray, np.ndarray]:
+    """(mean (F,), matrix (F, F)) such that (x - mean) @ matrix is whitened; channel = last axis.
+
+    Channels are standardised first (constant ones keep scale 1), then decorrelated with
+    eigenvalues floored at `regularisation` x their mean, so near-empty directions are not blown
+    up into noise. Statistics are accumulated in chunks (IU-size spatial maps are ~1.5 GB as float64).
+    """
+    dim = features.shape[-1]
+    total, products, count = np.zeros(dim), np.zeros((dim, dim)), 0
+    for start in range(0, len(features), 256):
+        chunk = np.asarray(features[start:start + 256], np.float64).reshape(-1, dim)
+        total += chunk.sum(axis=0)
+        products += chunk.T @ chunk
+        count += len(chunk)
+    if count == 0:
+        raise ValueError("no features to take statistics from")
+    mean = total / count
+    covariance = products / count - np.outer(mean, mean)
+    std = np.sqrt(np.maximum(np.diag(covariance), 0.0))
+    scale = np.where(std > 1e-8, std, 1.0)
+    values, vectors = np.linalg.eigh(covariance / np.outer(scale, scale))
+    values = np.maximum(values, 0.0) + regularisation * max(float(values.mean()), 1e-12)
+    zca = (vectors / np.sqrt(values)) @ vectors.T
+    return mean, zca / scale[:, None]

@@ -13,7 +13,6 @@ COLUMNS = (("BLEU-1", "bleu_1"), ("BLEU-2", "bleu_2"), ("BLEU-3", "bleu_3"), ("B
            ("METEOR", "meteor"), ("ROUGE-L", "rouge_l"), ("CIDEr", "cider"), ("CE P", "micro_precision"),
            ("CE R", "micro_recall"), ("CE F1", "micro_f1"))
 WITH_INTERVAL = ("bleu_4", "micro_f1")
-METRIC_NAMES = dict((key, name) for name, key in COLUMNS)
 
 
 def _cell(row: dict, key: str) -> str:
@@ -63,9 +62,9 @@ def comparison_markdown(models: dict[str, dict], floors: dict) -> str:
             lines.append(f"| {name} ({label}; {train}) | "
                          + " | ".join(_cell(record[decoding], key) for _, key in COLUMNS) + " |")
     lines += ["", f"## Does each model beat the floors? (beam {beam}; paired bootstrap of model − floor)", ""]
-    lines.append("| model | floor | " + " | ".join(name for name, _ in COLUMNS if _ not in
-                                                    ("micro_precision", "micro_recall")) + " |")
-    keys = [key for _, key in COLUMNS if key not in ("micro_precision", "micro_recall")]
+    compared = [(name, key) for name, key in COLUMNS if key not in ("micro_precision", "micro_recall")]
+    keys = [key for _, key in compared]
+    lines.append("| model | floor | " + " | ".join(name for name, _ in compared) + " |")
     lines.append("|---|---|" + "---|" * len(keys))
     for name, record in models.items():
         for floor in ("constant", "retrieval"):

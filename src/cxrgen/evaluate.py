@@ -173,7 +173,7 @@ def length_plot(scored: Scored, references: list[str]) -> list[dict]:
 
 
 def _pooled(features_dir: Path, split: str) -> np.ndarray:
-    from .train import load_features  # numpy-only path; TensorFlow is imported with cxrgen.train
+    from .train import load_features  # (imports TensorFlow: the floors stage pays its start-up once)
 
     return load_features(features_dir / f"features_{split}.npz", "pooled")
 

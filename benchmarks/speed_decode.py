@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from cxrgen.archives import write_json_atomic  # noqa: E402
+from machine import describe_machine  # noqa: E402  (benchmarks/machine.py)
 from cxrgen.decode import DecodeSettings, beam_search, beam_search_reference  # noqa: E402
 from cxrgen.errors import CxrgenError  # noqa: E402
 from cxrgen.models import load_model, model_name_of  # noqa: E402
@@ -31,21 +31,6 @@ from cxrgen.train import load_features  # noqa: E402
 from cxrgen.vocab import Vocab  # noqa: E402
 
 WIDTHS = {"greedy": 1, "beam3": 3, "beam5": 5}
-
-
-def machine() -> dict:
-    gpus = []
-    for device in tf.config.list_physical_devices("GPU"):
-        details = tf.config.experimental.get_device_details(device)
-        gpus.append(details.get("device_name", device.name))
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "gpus": gpus,
-    }
 
 
 def timed(function) -> tuple[object, float]:
@@ -115,7 +100,7 @@ def main() -> None:
     # What the numbers came from: the features' data source, weights and split sizes.
     info_path = args.features / "features.json"
     info = json.loads(info_path.read_text()) if info_path.exists() else {}
-    decode = {"machine": machine(), "data": {k: info.get(k) for k in ("data_source", "weights", "counts")},
+    decode = {"machine": describe_machine(), "data": {k: info.get(k) for k in ("data_source", "weights", "counts")},
               "models": {}}
     for path in models:
         result = benchmark_model(path, args.features, args.split, max_len, args.batch_size, args.reference_studies)

@@ -22,7 +22,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -32,26 +31,13 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from cxrgen.archives import write_json_atomic  # noqa: E402
+from machine import describe_machine  # noqa: E402  (benchmarks/machine.py)
 from cxrgen.errors import BadInput, CxrgenError  # noqa: E402
 from cxrgen.features import FeatureExtractor, load_images, load_network, resolve_weights  # noqa: E402
 from cxrgen.params import load_params  # noqa: E402
 from cxrgen.split import SPLITS  # noqa: E402
 
 TARGET_RATIO = 0.9
-
-
-def machine() -> dict:
-    gpus = tf.config.list_physical_devices("GPU")
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "load_average_before": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "gpu": [tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name) for gpu in gpus] or None,
-    }
 
 
 def load_studies(prepared: Path, max_studies: int) -> np.ndarray:
@@ -100,7 +86,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
-    load_before = machine()   # before this process loads the CPU itself
+    load_before = describe_machine()   # before this process loads the CPU itself
     params = load_params(args.params)
     cfg = params.get("features") or {}
     image_size = int((params.get("image") or {}).get("size", 224))

@@ -1,20 +1,15 @@
 """DVC stage `compare`: metrics/<model>.json + metrics/floors.json → metrics/comparison.md."""
 
 import argparse
-import json
 from pathlib import Path
 
-from cxrgen.archives import atomic_path
+from cxrgen.archives import atomic_path, read_json
 from cxrgen.compare import comparison_markdown
-from cxrgen.errors import BadInput
 from cxrgen.stage import run_stage
 
 
 def _read(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise BadInput(path, "not found (run the evaluate and floors stages)") from None
+    return read_json(path, "not found (run the evaluate and floors stages)")
 
 
 def main() -> None:

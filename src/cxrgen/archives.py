@@ -42,6 +42,17 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         raise
 
 
+def read_json(path: str | Path, missing: str) -> dict:
+    """A JSON file a stage needs; `missing` says what to do when it is not there (e.g. which stage to run)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BadInput(path, missing) from None
+    except ValueError as exc:
+        raise BadInput(path, f"not valid JSON ({exc})") from None
+
+
 def write_json_atomic(path: str | Path, data: dict) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")

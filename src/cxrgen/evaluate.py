@@ -12,7 +12,6 @@ The test split is only read here: nothing in training or floor choice looks at i
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import pandas as pd
 import pyarrow as pa
 
 from . import floors, labeler, scores
-from .archives import write_json_atomic
+from .archives import read_json, write_json_atomic
 from .errors import BadInput
 from .params import with_defaults
 from .tables import read_parquet, write_parquet
@@ -44,12 +43,7 @@ def evaluate_settings(params: dict) -> dict:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise BadInput(path, "not found (run the stages before evaluate)") from None
-    except ValueError as exc:
-        raise BadInput(path, f"not valid JSON ({exc})") from None
+    return read_json(path, "not found (run the stages before evaluate)")
 
 
 def load_studies(prepared_dir: str | Path) -> pd.DataFrame:

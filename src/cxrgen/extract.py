@@ -28,6 +28,7 @@ import pandas as pd
 from lxml import etree
 from tqdm import tqdm
 
+from .archives import read_json
 from .errors import BadInput
 
 SECTIONS = ("COMPARISON", "INDICATION", "FINDINGS", "IMPRESSION")
@@ -280,12 +281,7 @@ LAYOUTS = {"nlmcxr": extract_nlmcxr, "kaggle": extract_kaggle, "r2gen": extract_
 def extract(raw_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, Skipped, dict]:
     raw_dir = Path(raw_dir)
     record_path = raw_dir / "source.json"
-    try:
-        record = json.loads(record_path.read_text())
-    except FileNotFoundError:
-        raise BadInput(record_path, "missing: run the download stage first") from None
-    except ValueError as exc:
-        raise BadInput(record_path, f"not valid JSON ({exc})") from None
+    record = read_json(record_path, "missing: run the download stage first")
     layout = record.get("layout")
     if layout not in LAYOUTS:
         raise BadInput(record_path, f"unknown layout {layout!r}; expected one of {sorted(LAYOUTS)}")

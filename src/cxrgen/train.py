@@ -15,7 +15,6 @@ dropout off (exact token averages; Keras's per-epoch curves average per-batch va
 
 from __future__ import annotations
 
-import json
 import weakref
 import zipfile
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .archives import write_json_atomic
+from .archives import read_json, write_json_atomic
 from .errors import BadInput
 from .models import MODELS, MaskedTokenLoss, ReportGenerator, build_model, save_model
 from .params import with_defaults
@@ -110,12 +109,7 @@ def load_training_data(features_dir: str | Path, prepared_dir: str | Path, featu
         raise BadInput(studies_path, "not found (run the prepare stage)")
     studies = read_parquet(studies_path)
     info_path = features_dir / "features.json"
-    try:
-        info = json.loads(info_path.read_text())
-    except FileNotFoundError:
-        raise BadInput(info_path, "not found (run the features stage)") from None
-    except ValueError as exc:
-        raise BadInput(info_path, f"not valid JSON ({exc})") from None
+    info = read_json(info_path, "not found (run the features stage)")
     blank = load_features(features_dir / "blank.npz", feature_key)
     if blank.shape[0] != 1:
         raise BadInput(features_dir / "blank.npz", f"'{feature_key}' should hold one study, has {blank.shape[0]}")

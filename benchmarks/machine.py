@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+from pathlib import Path
 
 
 def describe_machine() -> dict:
@@ -22,3 +24,17 @@ def describe_machine() -> dict:
         "gpus": gpus,
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
+
+
+def record_speed(out: str | Path, key: str, result: dict) -> None:
+    """Put `result` under `key` in metrics/speed.json, keeping what other benchmarks wrote there."""
+    from cxrgen.archives import write_json_atomic
+    from cxrgen.errors import BadInput
+
+    out = Path(out)
+    try:
+        speed = json.loads(out.read_text()) if out.is_file() else {}
+    except json.JSONDecodeError as exc:
+        raise BadInput(out, f"not valid JSON ({exc}); fix or remove it") from None
+    speed[key] = result
+    write_json_atomic(out, speed)

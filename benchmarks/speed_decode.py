@@ -22,8 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from cxrgen.archives import write_json_atomic  # noqa: E402
-from machine import describe_machine  # noqa: E402  (benchmarks/machine.py)
+from machine import describe_machine, record_speed  # noqa: E402  (benchmarks/machine.py)
 from cxrgen.decode import DecodeSettings, beam_search, beam_search_reference  # noqa: E402
 from cxrgen.errors import CxrgenError  # noqa: E402
 from cxrgen.models import load_model, model_name_of  # noqa: E402
@@ -105,9 +104,7 @@ def main() -> None:
     for path in models:
         result = benchmark_model(path, args.features, args.split, max_len, args.batch_size, args.reference_studies)
         decode["models"][result["model"]] = result
-    speed = json.loads(args.out.read_text()) if args.out.exists() else {}
-    speed["decode"] = decode
-    write_json_atomic(args.out, speed)
+    record_speed(args.out, "decode", decode)
     print(json.dumps(decode, indent=2))
 
 

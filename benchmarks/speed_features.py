@@ -30,8 +30,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from cxrgen.archives import write_json_atomic  # noqa: E402
-from machine import describe_machine  # noqa: E402  (benchmarks/machine.py)
+from machine import describe_machine, record_speed  # noqa: E402  (benchmarks/machine.py)
 from cxrgen.errors import BadInput, CxrgenError  # noqa: E402
 from cxrgen.features import FeatureExtractor, load_images, load_network, resolve_weights  # noqa: E402
 from cxrgen.params import load_params  # noqa: E402
@@ -136,12 +135,7 @@ def main() -> None:
         "network_seconds": [round(t, 3) for t in network_times],
     }
     out = Path(args.out)
-    try:
-        speed = json.loads(out.read_text()) if out.is_file() else {}
-    except json.JSONDecodeError as exc:
-        raise BadInput(out, f"not valid JSON ({exc}); fix or remove it") from None
-    speed["features"] = result
-    write_json_atomic(out, speed)
+    record_speed(out, "features", result)
     print(f"features: stage {stage_rate:.1f} img/s, bare network {network_rate:.1f} img/s, "
           f"ratio {stage_rate / network_rate:.3f} (target {TARGET_RATIO}) on {device}; written to {out}")
 

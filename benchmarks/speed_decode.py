@@ -22,7 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from machine import describe_machine, record_speed  # noqa: E402  (benchmarks/machine.py)
+from cxrgen.benchmark import describe_machine, record_speed  # noqa: E402
 from cxrgen.decode import DecodeSettings, beam_search, beam_search_reference  # noqa: E402
 from cxrgen.errors import CxrgenError  # noqa: E402
 from cxrgen.models import load_model, model_name_of  # noqa: E402

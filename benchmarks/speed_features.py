@@ -30,7 +30,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from machine import describe_machine, record_speed  # noqa: E402  (benchmarks/machine.py)
+from cxrgen.benchmark import describe_machine, record_speed  # noqa: E402
 from cxrgen.errors import BadInput, CxrgenError  # noqa: E402
 from cxrgen.features import FeatureExtractor, load_images, load_network, resolve_weights  # noqa: E402
 from cxrgen.params import load_params  # noqa: E402

@@ -1,4 +1,4 @@
-"""What a benchmark ran on, recorded beside its figures (shared by the benchmark scripts)."""
+"""What the benchmark scripts (benchmarks/) share: the machine they ran on, and writing metrics/speed.json."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import json
 import os
 import platform
 from pathlib import Path
+
+from .archives import write_json_atomic
+from .errors import BadInput
 
 
 def describe_machine() -> dict:
@@ -28,9 +31,6 @@ def describe_machine() -> dict:
 
 def record_speed(out: str | Path, key: str, result: dict) -> None:
     """Put `result` under `key` in metrics/speed.json, keeping what other benchmarks wrote there."""
-    from cxrgen.archives import write_json_atomic
-    from cxrgen.errors import BadInput
-
     out = Path(out)
     try:
         speed = json.loads(out.read_text()) if out.is_file() else {}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 REGULARISATION = 0.01  # eigenvalue floor, as a fraction of the mean eigenvalue
+SCALE_FLOOR = 0.1      # channel scale floor, as a fraction of the median channel's standard deviation
 
 
 def whitening_transform(features: np.ndarray, regularisation: float = REGULARISATION) -> tuple[np.ndarray, np.ndarray]:
@@ -27,7 +28,11 @@ def whitening_transform(features: np.ndarray, regularisation: float = REGULARISA
     mean = total / count
     covariance = products / count - np.outer(mean, mean)
     std = np.sqrt(np.maximum(np.diag(covariance), 0.0))
-    scale = np.where(std > 1e-8, std, 1.0)
+    # Channels that hardly ever fire in these studies (random DenseNet weights leave many) must not
+    # be blown up: one that fires in a new study would then dwarf all the others. Their scale is
+    # floored at a fraction of the typical channel's.
+    typical = float(np.median(std[std > 0])) if np.any(std > 0) else 1.0
+    scale = np.maximum(std, SCALE_FLOOR * typical)
     values, vectors = np.linalg.eigh(covariance / np.outer(scale, scale))
     values = np.maximum(values, 0.0) + regularisation * max(float(values.mean()), 1e-12)
     zca = (vectors / np.sqrt(values)) @ vectors.T

@@ -12,7 +12,10 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+import tensorflow as tf  # noqa: E402
+
 from cxrgen.errors import BadInput  # noqa: E402
+from cxrgen.labeler import OBSERVATIONS  # noqa: E402
 from cxrgen.models import (  # noqa: E402
     AttentionGenerator,
     BaselineGenerator,
@@ -56,7 +59,12 @@ def step_by_step(model, inputs):
     return np.stack(logits, 1), (None if attention[0] is None else np.stack(attention, 1))
 
 
-@pytest.mark.parametrize("name,extra", [("baseline", {}), ("attention", {}), ("attention", {"rnn": "lstm"})])
+@pytest.mark.parametrize("name,extra", [
+    ("baseline", {}), ("attention", {}), ("attention", {"rnn": "lstm"}),
+    ("baseline", {"finding_weight": 1.0}), ("baseline", {"finding_weight": 1.0, "direct_features": False}),
+    ("attention", {"finding_weight": 1.0}), ("attention", {"finding_weight": 1.0, "rnn": "lstm"}),
+    ("attention", {"finding_weight": 1.0, "region_input": "findings"}),
+])
 def test_teacher_forcing_matches_the_decoder_step(name, extra):
     model = tiny(name, **extra)
     inputs = batch(name)
@@ -117,9 +125,11 @@ def test_dropout_only_in_training():
     assert not np.allclose(model(inputs, training=True).numpy(), model(inputs).numpy())
 
 
-@pytest.mark.parametrize("name", ["baseline", "attention"])
-def test_saved_file_loads_in_safe_mode_with_the_same_outputs(name, tmp_path):
-    model = tiny(name)
+@pytest.mark.parametrize("name,extra", [("baseline", {}), ("attention", {}),
+                                        ("baseline", {"finding_weight": 0.5, "direct_features": False}),
+                                        ("attention", {"finding_weight": 0.5, "region_input": "findings"})])
+def test_saved_file_loads_in_safe_mode_with_the_same_outputs(name, extra, tmp_path):
+    model = tiny(name, **extra)
     model.compile(optimizer="adam", loss=MaskedTokenLoss())
     inputs = batch(name)
     path = tmp_path / f"{name}.keras"
@@ -213,3 +223,83 @@ def test_feature_statistics_whiten_the_input_and_travel_with_the_file(name, tmp_
     inputs = batch(name)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(inputs)),
                                keras.ops.convert_to_numpy(model(inputs)), atol=1e-5)
+
+
+@pytest.mark.parametrize("name,extra", [("baseline", {}), ("baseline", {"direct_features": False}),
+                                        ("attention", {}), ("attention", {"region_input": "findings"})])
+def test_the_decoder_reads_the_finding_head_but_the_report_loss_cannot_train_it(name, extra):
+    model = tiny(name, finding_weight=1.0, **extra)
+    assert model.findings == len(OBSERVATIONS)
+    inputs = batch(name)
+    head = model.finding_classifier
+    with tf.GradientTape() as tape:
+        report = tf.reduce_sum(tf.square(model(inputs, training=False)))
+    gradients = tape.gradient(report, head.trainable_variables)
+    assert all(g is None or not np.any(g.numpy()) for g in gradients)
+    # ... yet its probabilities reach the words: moving them moves the logits.
+    before = model(inputs).numpy()
+    head.bias.assign(head.bias + 3.0)
+    assert not np.allclose(model(inputs).numpy(), before, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["baseline", "attention"])
+def test_the_finding_loss_is_added_only_while_fitting_with_targets(name):
+    model = tiny(name, finding_weight=2.0)
+    inputs = batch(name)
+    targets = np.zeros((3, len(OBSERVATIONS)), np.float32)
+    targets[0, 2] = 1.0
+    with tf.GradientTape() as tape:
+        model({**inputs, "findings": targets}, training=True)
+        (finding_loss,) = model.losses
+    whitened = model.standardise(tf.cast(inputs["features"], tf.float32))
+    k = len(OBSERVATIONS)
+    if name == "baseline":   # one classifier of both pooled vectors joined
+        logits = model.finding_classifier(tf.reshape(whitened, (3, -1)))
+    else:                    # each view's weights on that view's mean region, summed over the views
+        scores = model.finding_classifier(tf.reduce_mean(whitened, axis=2))
+        logits = scores[:, 0, :k] + scores[:, 1, k:]
+    expected = 2.0 * keras.losses.BinaryCrossentropy(from_logits=True)(targets, logits)
+    assert float(finding_loss) == pytest.approx(float(expected), rel=1e-4)
+    gradients = tape.gradient(finding_loss, model.finding_classifier.trainable_variables)
+    assert all(np.any(g.numpy()) for g in gradients)
+    model({**inputs, "findings": targets}, training=False)
+    assert model.losses == []          # Keras's val_loss stays the report loss alone
+    model(inputs, training=True)
+    assert model.losses == []
+    probabilities = model.finding_probabilities(inputs["features"]).numpy()
+    np.testing.assert_allclose(probabilities, tf.sigmoid(logits).numpy(), atol=1e-6)
+    assert tiny(name).finding_probabilities(inputs["features"]) is None
+
+
+def test_a_baseline_without_features_or_findings_is_refused():
+    with pytest.raises(BadInput, match="direct_features"):
+        tiny("baseline", direct_features=False)
+    model = tiny("baseline", finding_weight=1.0, direct_features=False)
+    inputs = batch("baseline")
+    # The image reaches the words through the finding probabilities only.
+    head = model.finding_classifier
+    head.kernel.assign(tf.zeros_like(head.kernel))
+    changed = {**inputs, "features": inputs["features"] * 3 + 1}
+    np.testing.assert_allclose(model(changed).numpy(), model(inputs).numpy(), atol=1e-6)
+
+
+def test_attention_over_finding_evidence_sees_where_the_evidence_is():
+    with pytest.raises(BadInput, match="region_input"):
+        tiny("attention", region_input="findings")           # no finding head to take evidence from
+    with pytest.raises(BadInput, match="features or findings"):
+        tiny("attention", finding_weight=1.0, region_input="pixels")
+    model = tiny("attention", finding_weight=1.0, region_input="findings")
+    inputs = batch("attention")
+    whitened = model.standardise(tf.cast(inputs["features"], tf.float32))
+    evidence = model.region_evidence(whitened).numpy()
+    assert evidence.shape == (3, 2, 49, len(OBSERVATIONS))
+    # The study's logits are the evidence summed over the regions of both views.
+    head = model.finding_classifier
+    head.kernel.assign(tf.random.normal(head.kernel.shape, seed=1))
+    evidence = model.region_evidence(whitened).numpy()
+    probabilities = model.finding_probabilities(inputs["features"]).numpy()
+    np.testing.assert_allclose(probabilities, tf.sigmoid(evidence.sum(axis=(1, 2))).numpy(), atol=1e-5)
+    # Features that move no finding's evidence move nothing the decoder reads.
+    head.kernel.assign(tf.zeros_like(head.kernel))
+    changed = {**inputs, "features": inputs["features"] * 2 + 1}
+    np.testing.assert_allclose(model(changed).numpy(), model(inputs).numpy(), atol=1e-6)

@@ -92,6 +92,21 @@ def test_attention_model_learns_and_reads_the_images(dataset, tmp_path):
     check_run(metrics, "attention", tmp_path, dataset)
 
 
+@pytest.mark.parametrize("name,head", [("baseline", {"direct_features": False}),
+                                       ("attention", {"region_input": "findings"})])
+def test_through_the_finding_head_alone_the_images_still_reach_the_words(name, head, dataset, tmp_path):
+    """The defaults of params.yaml: the image reaches the decoder only through the finding head.
+    Here the labeler reads Cardiomegaly off "heart is enlarged" (the frontal regions 20-24 show it)."""
+    sizes = {**SIZES[name], "finding_weight": 1.0, "finding_l2": 0.002, **head}
+    setting = {**params(), "model": {name: sizes}}
+    features, prepared = dataset
+    metrics = train(name, setting, features, prepared, tmp_path / "model.keras", tmp_path / "metrics.json",
+                    tmp_path / "dvclive")
+    check_run(metrics, name, tmp_path, dataset)
+    assert metrics["val_finding_auc"]["Cardiomegaly"] > 0.95, metrics["val_finding_auc"]
+    assert metrics["val_finding_auc_macro"] is not None
+
+
 def run_stage_script(project_root: Path, *args: str) -> None:
     """stages/train.py as `python stages/train.py ARGS` runs it, in this process (no second TF start)."""
     argv = sys.argv
@@ -243,3 +258,13 @@ def test_misaligned_or_missing_features_are_refused(dataset, tmp_path):
         load_training_data(short, prepared, "pooled")
     with pytest.raises(BadInput, match="no 'regions' array"):
         load_training_data(features, prepared, "regions")
+
+
+def test_roc_auc_counts_ordered_pairs_and_ties_as_half():
+    from cxrgen.train import roc_auc
+    labels = np.array([0, 0, 1, 1, 0, 1])
+    scores = np.array([0.1, 0.4, 0.35, 0.8, 0.8, 0.9])
+    # Positive-negative pairs: 9; the positive ranks above the negative in 6.5 (0.8 vs 0.8 is half).
+    assert roc_auc(labels, scores) == pytest.approx(6.5 / 9)
+    assert roc_auc(labels, -scores) == pytest.approx(2.5 / 9)
+    assert roc_auc(np.zeros(4), np.arange(4)) is None

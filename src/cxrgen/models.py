@@ -34,6 +34,7 @@ from keras import layers, ops
 
 from .archives import atomic_path
 from .errors import BadInput
+from .labeler import OBSERVATIONS
 from .vocab import PAD_ID
 from .whitening import whitening_transform
 
@@ -47,11 +48,29 @@ class ReportGenerator(keras.Model):
     """What both models share: teacher-forced `call`, building from the config, saving."""
 
     feature_key: str = ""  # which array of the features files the model reads
+    classifier_outputs_per_finding: int = 1
 
-    def __init__(self, vocab_size: int, feature_dim: int = 1024, feature_dropout: float = 0.0, **kwargs):
+    def __init__(self, vocab_size: int, feature_dim: int = 1024, feature_dropout: float = 0.0,
+                 findings: int = 0, finding_weight: float = 1.0, finding_l2: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.vocab_size = int(vocab_size)
         self.feature_dim = int(feature_dim)
+        # The finding head: a linear classifier of the findings (the labeler's observations of the
+        # training reports) on both views' whitened pooled features. Its probabilities, with the
+        # gradient stopped, are one more input of the decoder: the report loss cannot turn them
+        # into a key to memorise training reports by, so they carry only what the image shows.
+        # findings = 0: no head (the image reaches the decoder through the features alone).
+        self.findings, self.finding_weight = int(findings), float(finding_weight)
+        # A regularised logistic regression: from zero weights, with an L2 penalty, so that its
+        # probabilities on the training studies are not much surer than on new ones (the decoder
+        # learns how far to trust them from the training studies).
+        self.finding_l2 = float(finding_l2)
+        # One weight vector per finding and view: the classifier reads the two views' features
+        # (the baseline: both pooled vectors joined; the attention model: each region, per view).
+        self.finding_classifier = (layers.Dense(self.findings * self.classifier_outputs_per_finding,
+                                                kernel_initializer="zeros", dtype=self.dtype_policy,
+                                                name="finding_classifier") if self.findings else None)
+        self.finding_loss = keras.losses.BinaryCrossentropy(from_logits=True, name="finding_loss")
         # Dropout on the whitened channels: each study's image is unique, and without it the decoder
         # learns the training reports by their images instead of what the images show.
         self.feature_dropout = float(feature_dropout)
@@ -78,19 +97,42 @@ class ReportGenerator(keras.Model):
         self.feature_mean.assign(mean.astype(np.float32))
         self.feature_whitening.assign(matrix.astype(np.float32))
 
-    def standardise(self, features, training=False):
-        """(features - mean) @ whitening, on the last axis; then the feature dropout when training."""
+    def whiten(self, features):
+        """(features - mean) @ whitening, on the last axis."""
         features = ops.cast(features, self.compute_dtype)
         centred = features - ops.cast(self.feature_mean, self.compute_dtype)
-        whitened = ops.matmul(centred, ops.cast(self.feature_whitening, self.compute_dtype))
-        return self.feature_dropout_layer(whitened, training=training)
+        return ops.matmul(centred, ops.cast(self.feature_whitening, self.compute_dtype))
+
+    def standardise(self, features, training=False):
+        """Whitened features, then the feature dropout when training."""
+        return self.feature_dropout_layer(self.whiten(features), training=training)
+
+    def _build_finding_head(self):
+        if self.finding_classifier is not None:
+            self.finding_classifier.build((None, VIEWS * self.feature_dim // self.classifier_outputs_per_finding))
+
+    def finding_probabilities(self, features):
+        """(N, findings) probabilities of the finding head for raw features, or None without a head."""
+        if self.finding_classifier is None:
+            return None
+        logits, _ = self._encode(features, training=False)
+        return ops.sigmoid(logits)
+
+    def _finding_input(self, logits):
+        """What the decoder reads of the finding head: probabilities, no gradient back into it."""
+        return ops.stop_gradient(ops.sigmoid(logits))
 
     def _layer(self, cls, *args, **kwargs):
         """A sublayer with this model's dtype policy (Keras does not pass it down by itself)."""
         return cls(*args, dtype=self.dtype_policy, **kwargs)
 
-    # The subclasses fill these in.
     def encode(self, features, training=False) -> tuple:
+        """The decoder's view of a batch of studies: a tuple of tensors, one row per study."""
+        return self._encode(features, training)[1]
+
+    # The subclasses fill these in.
+    def _encode(self, features, training=False) -> tuple:
+        """(finding logits (N, findings) or None, context tuple)."""
         raise NotImplementedError
 
     def initial_state(self, context: tuple) -> list:
@@ -108,7 +150,12 @@ class ReportGenerator(keras.Model):
         raise NotImplementedError
 
     def call(self, inputs, training=False):
-        context = self.encode(inputs["features"], training=training)
+        finding_logits, context = self._encode(inputs["features"], training=training)
+        if training and finding_logits is not None and "findings" in inputs:
+            # Only while fitting: Keras's val_loss (early stopping) stays the report loss alone.
+            targets = ops.cast(inputs["findings"], finding_logits.dtype)
+            penalty = self.finding_l2 * ops.sum(ops.square(self.finding_classifier.kernel))
+            self.add_loss(self.finding_weight * (self.finding_loss(targets, finding_logits) + penalty))
         logits, _ = self.decode_sequence(inputs["tokens"], self.initial_state(context), context, training)
         return logits
 
@@ -129,7 +176,8 @@ class ReportGenerator(keras.Model):
     def get_config(self):
         config = super().get_config()
         config.update({"vocab_size": self.vocab_size, "feature_dim": self.feature_dim,
-                       "feature_dropout": self.feature_dropout})
+                       "feature_dropout": self.feature_dropout, "findings": self.findings,
+                       "finding_weight": self.finding_weight, "finding_l2": self.finding_l2})
         return config
 
 
@@ -140,9 +188,14 @@ class BaselineGenerator(ReportGenerator):
     feature_key = "pooled"
 
     def __init__(self, vocab_size: int, feature_dim: int = 1024, embedding_dim: int = 300,
-                 units: int = 512, dropout: float = 0.3, **kwargs):
+                 units: int = 512, dropout: float = 0.3, direct_features: bool = True, **kwargs):
         super().__init__(vocab_size, feature_dim, **kwargs)
         self.embedding_dim, self.units, self.dropout = int(embedding_dim), int(units), float(dropout)
+        # False: the image vector is made from the finding head's probabilities alone.
+        self.direct_features = bool(direct_features)
+        if not self.direct_features and not self.findings:
+            raise BadInput("params.yaml", "model.baseline.direct_features: false needs finding_weight > 0 "
+                                          "(the image would not reach the decoder at all)")
         self.image_dense = self._layer(layers.Dense, units, activation="relu", name="image_dense")
         self.image_dropout = self._layer(layers.Dropout, dropout, name="image_dropout")
         self.init_h = self._layer(layers.Dense, units, activation="tanh", name="init_h")
@@ -156,9 +209,14 @@ class BaselineGenerator(ReportGenerator):
     def feature_shape(self) -> tuple:
         return (VIEWS, self.feature_dim)
 
+    def finding_logits(self, pooled):
+        """(N, findings) logits from the whitened pooled features of both views (N, 2, F)."""
+        return self.finding_classifier(ops.reshape(pooled, (-1, VIEWS * self.feature_dim)))
+
     def build(self, input_shape=None):
         self._build_feature_statistics()
-        self.image_dense.build((None, VIEWS * self.feature_dim))
+        self._build_finding_head()
+        self.image_dense.build((None, VIEWS * self.feature_dim * self.direct_features + self.findings))
         self.init_h.build((None, self.units))
         self.init_c.build((None, self.units))
         self.embedding.build()
@@ -167,10 +225,15 @@ class BaselineGenerator(ReportGenerator):
         self.logits_dense.build((None, self.units))
         self.built = True
 
-    def encode(self, features, training=False) -> tuple:
+    def _encode(self, features, training=False) -> tuple:
         features = self.standardise(features, training)
         joined = ops.reshape(features, (-1, VIEWS * self.feature_dim))  # 2 x 1024 -> 2048
-        return (self.image_dropout(self.image_dense(joined), training=training),)
+        finding_logits, parts = None, [joined] if self.direct_features else []
+        if self.finding_classifier is not None:
+            finding_logits = self.finding_logits(features)
+            parts.append(self._finding_input(finding_logits))
+        joined = ops.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0]
+        return finding_logits, (self.image_dropout(self.image_dense(joined), training=training),)
 
     def initial_state(self, context: tuple) -> list:
         (image,) = context
@@ -193,7 +256,8 @@ class BaselineGenerator(ReportGenerator):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"embedding_dim": self.embedding_dim, "units": self.units, "dropout": self.dropout})
+        config.update({"embedding_dim": self.embedding_dim, "units": self.units, "dropout": self.dropout,
+                       "direct_features": self.direct_features})
         return config
 
 
@@ -207,13 +271,23 @@ class AttentionGenerator(ReportGenerator):
     """
 
     feature_key = "spatial"
+    classifier_outputs_per_finding = VIEWS   # each region is scored by its own view's weights
 
     def __init__(self, vocab_size: int, feature_dim: int = 1024, regions_per_view: int = REGIONS_PER_VIEW,
                  embedding_dim: int = 300, units: int = 512, projection_dim: int = 256,
-                 attention_dim: int = 256, rnn: str = "gru", dropout: float = 0.3, **kwargs):
+                 attention_dim: int = 256, rnn: str = "gru", dropout: float = 0.3,
+                 region_input: str = "features", **kwargs):
         super().__init__(vocab_size, feature_dim, **kwargs)
         if rnn not in ("gru", "lstm"):
             raise BadInput("params.yaml", f"model.attention.rnn must be gru or lstm, not {rnn!r}")
+        # What a region vector is made of: its whitened DenseNet features, or ("findings") what the
+        # finding head reads in that region alone (a probability per finding; class activation maps).
+        if region_input not in ("features", "findings"):
+            raise BadInput("params.yaml", f"model.attention.region_input must be features or findings, "
+                                          f"not {region_input!r}")
+        if region_input == "findings" and not self.findings:
+            raise BadInput("params.yaml", "model.attention.region_input: findings needs finding_weight > 0")
+        self.region_input = region_input
         self.regions_per_view, self.embedding_dim = int(regions_per_view), int(embedding_dim)
         self.units = int(units)
         self.projection_dim, self.attention_dim = int(projection_dim), int(attention_dim)
@@ -240,36 +314,81 @@ class AttentionGenerator(ReportGenerator):
 
     def build(self, input_shape=None):
         self._build_feature_statistics()
-        self.region_projection.build((None, None, self.feature_dim))
+        self.region_projection.build((None, None, self.findings if self.region_input == "findings" else self.feature_dim))
         self.region_position.build()
         self.attention_keys.build((None, None, self.projection_dim))
         self.attention_query.build((None, self.units))
         self.attention_score.build((None, None, self.attention_dim))
-        self.init_h.build((None, self.projection_dim))
+        self._build_finding_head()
+        summary = self.projection_dim + self.findings  # mean region vector, finding probabilities
+        self.init_h.build((None, summary))
         if self.init_c is not None:
-            self.init_c.build((None, self.projection_dim))
+            self.init_c.build((None, summary))
         self.embedding.build()
-        self.cell.build((None, self.embedding_dim + self.projection_dim))
-        self.output_dense.build((None, self.units + self.projection_dim))
+        self.cell.build((None, self.embedding_dim + self.projection_dim + self.findings))
+        self.output_dense.build((None, self.units + self.projection_dim + self.findings))
         self.logits_dense.build((None, self.units))
         self.built = True
 
-    def encode(self, features, training=False) -> tuple:
-        features = self.standardise(features, training)
-        regions = ops.reshape(features, (-1, self.regions, self.feature_dim))  # (N, 98, F)
-        regions = self.region_projection(regions) + self.region_position(ops.arange(self.regions))
+    def set_feature_statistics(self, features: np.ndarray) -> None:
+        """Region vectors of features: whitened with the regions' statistics. Region vectors of
+        findings: whitened with the statistics of the views' pooled vectors (each view's mean
+        region), the vectors the finding head classifies; its per-region evidence then averages to
+        a classifier of the pooled vectors, as the baseline's."""
+        if self.region_input == "findings":
+            features = np.concatenate([np.asarray(features[start:start + 256], np.float32).mean(axis=2)
+                                       for start in range(0, max(len(features), 1), 256)])
+        super().set_feature_statistics(features)
+
+    def _view_scores(self, whitened):
+        """(..., 2, [regions,] F) whitened features -> (..., 2, [regions,] findings): each view's
+        features scored by that view's weights."""
+        scores = self.finding_classifier(whitened)                        # (..., 2 x findings)
+        frontal = scores[:, 0, ..., : self.findings]
+        lateral = scores[:, 1, ..., self.findings:]
+        return ops.stack([frontal, lateral], axis=1)
+
+    def region_evidence(self, whitened):
+        """(N, 2, 49, findings): each region's share of each finding's logit (whitened features in).
+
+        The study's finding logits are the sum over views of the mean over the view's regions: a
+        linear classifier of the two views' mean regions, i.e. of their pooled vectors.
+        """
+        return self._view_scores(whitened) / self.regions_per_view
+
+    def _encode(self, features, training=False) -> tuple:
+        whitened = self.whiten(features)
+        finding_logits = None
+        if self.finding_classifier is not None:
+            # The head classifies the views' pooled vectors, with the feature dropout at that level
+            # (on each region it would drown the pooled signal in noise).
+            pooled = self.feature_dropout_layer(ops.mean(whitened, axis=2), training=training)
+            finding_logits = ops.sum(self._view_scores(pooled), axis=1)
+            findings = self._finding_input(finding_logits)
+        if self.region_input == "findings":
+            # Each region as the head sees it alone: the probability of each finding from that
+            # region's features (bounded, so an image unlike the training ones cannot saturate the
+            # decoder). No gradient: the report loss cannot reshape the evidence.
+            region_scores = ops.stop_gradient(self._view_scores(whitened))
+            content = ops.sigmoid(ops.reshape(region_scores, (-1, self.regions, self.findings)))
+        else:
+            features = self.feature_dropout_layer(whitened, training=training)
+            content = ops.reshape(features, (-1, self.regions, self.feature_dim))  # (N, 98, F)
+        regions = self.region_projection(content) + self.region_position(ops.arange(self.regions))
         regions = self.region_dropout(regions, training=training)
+        if finding_logits is None:  # (N, 0): the decoder's inputs keep one layout with or without a head
+            findings = ops.zeros((ops.shape(regions)[0], 0), regions.dtype)
         # The keys do not depend on the word: computed once per study, not once per step.
-        return regions, self.attention_keys(regions)
+        return finding_logits, (regions, self.attention_keys(regions), findings)
 
     def initial_state(self, context: tuple) -> list:
-        regions, _ = context
-        mean = ops.mean(regions, axis=1)
-        return [self.init_h(mean)] + ([self.init_c(mean)] if self.init_c is not None else [])
+        regions, _, findings = context
+        summary = ops.concatenate([ops.mean(regions, axis=1), findings], axis=-1)
+        return [self.init_h(summary)] + ([self.init_c(summary)] if self.init_c is not None else [])
 
     def attend(self, hidden, context):
         """Weights (N, 98) over the regions and the weighted region vector (N, projection_dim)."""
-        regions, keys = context
+        regions, keys, _ = context
         query = ops.expand_dims(self.attention_query(hidden), 1)
         scores = ops.squeeze(self.attention_score(ops.tanh(keys + query)), -1)
         weights = ops.softmax(scores, axis=-1)
@@ -278,8 +397,9 @@ class AttentionGenerator(ReportGenerator):
     def _recurrent_step(self, embedded, states, context):
         """(pre-classifier output (N, units), new states, attention weights (N, 98))."""
         weights, attended = self.attend(states[0], context)
-        hidden, states = self.cell(ops.concatenate([embedded, attended], axis=-1), list(states))
-        output = self.output_dense(ops.concatenate([hidden, attended], axis=-1))
+        findings = context[2]
+        hidden, states = self.cell(ops.concatenate([embedded, attended, findings], axis=-1), list(states))
+        output = self.output_dense(ops.concatenate([hidden, attended, findings], axis=-1))
         return output, list(states), weights
 
     def step(self, tokens, states, context):
@@ -310,6 +430,7 @@ class AttentionGenerator(ReportGenerator):
             "regions_per_view": self.regions_per_view, "embedding_dim": self.embedding_dim,
             "units": self.units, "projection_dim": self.projection_dim,
             "attention_dim": self.attention_dim, "rnn": self.rnn, "dropout": self.dropout,
+            "region_input": self.region_input,
         })
         return config
 
@@ -343,9 +464,11 @@ MODELS = {"baseline": BaselineGenerator, "attention": AttentionGenerator}
 
 # Sizes as in the case study (LSTM/GRU 512, embedding 300); params.yaml model.<name> overrides them.
 DEFAULT_SIZES = {
-    "baseline": {"embedding_dim": 300, "units": 512, "dropout": 0.3, "feature_dropout": 0.0},
+    "baseline": {"embedding_dim": 300, "units": 512, "dropout": 0.3, "feature_dropout": 0.0,
+                 "finding_weight": 0.0, "finding_l2": 0.0, "direct_features": True},
     "attention": {"embedding_dim": 300, "units": 512, "projection_dim": 256, "attention_dim": 256,
-                  "rnn": "gru", "dropout": 0.3, "feature_dropout": 0.0},
+                  "rnn": "gru", "dropout": 0.3, "feature_dropout": 0.0, "finding_weight": 0.0, "finding_l2": 0.0,
+                  "region_input": "features"},
 }
 
 
@@ -372,6 +495,8 @@ def build_model(name: str, vocab_size: int, feature_shape: tuple, sizes: dict | 
                                    f"got {feature_shape}")
     if cls is AttentionGenerator:
         settings["regions_per_view"] = feature_shape[1]
+    # finding_weight > 0: a finding head over the labeler's observations, trained with that weight.
+    settings["findings"] = len(OBSERVATIONS) if float(settings["finding_weight"]) > 0 else 0
     model = cls(vocab_size=vocab_size, feature_dim=feature_shape[-1], name=name, dtype=dtype, **settings)
     model.build()
     return model

@@ -28,6 +28,7 @@ from .archives import read_json, write_json_atomic
 from .errors import BadInput
 from .models import MODELS, MaskedTokenLoss, ReportGenerator, build_model, save_model
 from .params import with_defaults
+from .labeler import OBSERVATIONS, label_matrix, positive_matrix
 from .tables import read_parquet
 from .text import tokenize
 from .vocab import PAD_ID, Vocab
@@ -70,6 +71,7 @@ class TrainingData:
     feature_key: str
     features: dict[str, np.ndarray]   # split -> (N, *feature_shape), float16 as stored
     tokens: dict[str, np.ndarray]     # split -> (N, T) int32: <start> words <end> <pad>...
+    findings: dict[str, np.ndarray]   # split -> (N, observations) float32: the labeler's positives
     blank: np.ndarray                 # (1, *feature_shape): one study of two black images
     info: dict                        # data/features/features.json
 
@@ -113,7 +115,7 @@ def load_training_data(features_dir: str | Path, prepared_dir: str | Path, featu
     blank = load_features(features_dir / "blank.npz", feature_key)
     if blank.shape[0] != 1:
         raise BadInput(features_dir / "blank.npz", f"'{feature_key}' should hold one study, has {blank.shape[0]}")
-    features, tokens = {}, {}
+    features, tokens, findings = {}, {}, {}
     for split in splits:
         texts = studies.loc[studies["split"] == split, "text"].tolist()
         path = features_dir / f"features_{split}.npz"
@@ -126,23 +128,29 @@ def load_training_data(features_dir: str | Path, prepared_dir: str | Path, featu
         if not texts:
             raise BadInput(studies_path, f"the {split} split is empty")
         features[split], tokens[split] = array, token_matrix(texts, vocab)
-    return TrainingData(len(vocab), feature_key, features, tokens, blank, info)
+        findings[split] = positive_matrix(label_matrix(texts)).astype(np.float32)
+    return TrainingData(len(vocab), feature_key, features, tokens, findings, blank, info)
 
 
 def make_dataset(features: np.ndarray, tokens: np.ndarray, batch_size: int, shuffle: bool = False,
-                 seed: int = 0, blank: bool = False) -> tf.data.Dataset:
+                 seed: int = 0, blank: bool = False, findings: np.ndarray | None = None) -> tf.data.Dataset:
     """Batches of ({"features", "tokens": ids[:-1]}, next ids = ids[1:]) (teacher forcing).
 
     blank=True: `features` is ONE study's features, given to every study (the image control).
+    findings: (N, observations) targets of the finding head, added to the inputs when given.
     """
-    def pair(study_features, ids):
-        return {"features": tf.cast(study_features, tf.float32), "tokens": ids[:-1]}, ids[1:]
+    def pair(study_features, ids, labels=None):
+        inputs = {"features": tf.cast(study_features, tf.float32), "tokens": ids[:-1]}
+        if labels is not None:
+            inputs["findings"] = labels
+        return inputs, ids[1:]
 
+    rows = (tokens,) if findings is None else (tokens, findings)
     if blank:
         constant = tf.constant(features[0])
-        dataset = tf.data.Dataset.from_tensor_slices(tokens).map(lambda ids: pair(constant, ids))
+        dataset = tf.data.Dataset.from_tensor_slices(rows).map(lambda *row: pair(constant, *row))
     else:
-        dataset = tf.data.Dataset.from_tensor_slices((features, tokens)).map(pair)
+        dataset = tf.data.Dataset.from_tensor_slices((features, *rows)).map(pair)
     if shuffle:
         dataset = dataset.shuffle(len(tokens), seed=seed, reshuffle_each_iteration=True)
     options = tf.data.Options()
@@ -205,6 +213,11 @@ def fit(model_name: str, sizes: dict, settings: dict, data: TrainingData, strate
         blank: bool = False, callbacks: list | None = None, verbose: int = 0) -> FitResult:
     """Train one model from its seed; the returned model holds the weights of the best val epoch."""
     keras.utils.set_random_seed(settings["seed"])
+    if blank:
+        # One constant input: feature dropout has nothing to regularise there and would only feed the
+        # decoder noise (black images whiten to values far outside the training ones). Without it the
+        # control is the best language-only twin, which makes the image's gain harder to get.
+        sizes = {**sizes, "feature_dropout": 0.0}
     with strategy.scope():
         model = build_model(model_name, data.vocab_size, data.feature_shape, sizes)
         # The real training features' statistics, for the blank-image twin too: it must see the
@@ -216,7 +229,7 @@ def fit(model_name: str, sizes: dict, settings: dict, data: TrainingData, strate
         )
     source = {split: (data.blank if blank else data.features[split]) for split in ("train", "val")}
     train_set = make_dataset(source["train"], data.tokens["train"], settings["batch_size"], shuffle=True,
-                             seed=settings["seed"], blank=blank)
+                             seed=settings["seed"], blank=blank, findings=data.findings["train"])
     val_set = make_dataset(source["val"], data.tokens["val"], settings["batch_size"], blank=blank)
     stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=settings["patience"],
                                             restore_best_weights=True)  # restores at the end in Keras 3
@@ -263,6 +276,40 @@ def token_loss(model: ReportGenerator, features: np.ndarray, tokens: np.ndarray,
     return total / max(count, 1.0)
 
 
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    """Area under the ROC curve (ties count half); None when only one class is present."""
+    labels = np.asarray(labels).astype(bool)
+    positives, negatives = int(labels.sum()), int((~labels).sum())
+    if positives == 0 or negatives == 0:
+        return None
+    order = np.argsort(scores, kind="stable")
+    ranks = np.empty(len(scores))
+    sorted_scores = np.asarray(scores)[order]
+    # Average ranks over ties (1-based).
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_scores)) + 1]
+    ends = np.r_[starts[1:], len(scores)]
+    for start, end in zip(starts, ends):
+        ranks[order[start:end]] = (start + end + 1) / 2.0
+    return float((ranks[labels].sum() - positives * (positives + 1) / 2.0) / (positives * negatives))
+
+
+def finding_head_auc(model: ReportGenerator, features: np.ndarray, findings: np.ndarray,
+                     batch_size: int) -> dict | None:
+    """Val AUC of the finding head per observation (those with both classes in the split), and macro."""
+    if model.finding_classifier is None:
+        return None
+    probabilities = np.concatenate([
+        keras.ops.convert_to_numpy(model.finding_probabilities(tf.cast(features[start:start + batch_size], tf.float32)))
+        for start in range(0, len(features), batch_size)])
+    per_observation = {}
+    for index, observation in enumerate(OBSERVATIONS):
+        auc = roc_auc(findings[:, index], probabilities[:, index])
+        if auc is not None:
+            per_observation[observation] = round(auc, 4)
+    macro = round(float(np.mean(list(per_observation.values()))), 4) if per_observation else None
+    return {"macro": macro, "per_observation": per_observation}
+
+
 # ---------------------------------------------------------------------------------------------
 # The stage
 
@@ -300,6 +347,10 @@ def train(model_name: str, params: dict, features_dir: str | Path, prepared_dir:
             "val_studies": int(len(data.tokens["val"])),
         }
         metrics["val_perplexity"] = round(float(np.exp(metrics["val_loss"])), 4)
+        head = finding_head_auc(real.model, data.features["val"], data.findings["val"], batch)
+        if head is not None:   # the finding head's own check that it reads the images
+            metrics["val_finding_auc_macro"] = head["macro"]
+            metrics["val_finding_auc"] = head["per_observation"]
         save_model(real.model, model_path)
         if settings["image_control"]:
             control = fit(model_name, sizes, settings, data, strategy, blank=True,

@@ -21,7 +21,7 @@ from conftest import SHARED_SAMPLE
 
 pytestmark = pytest.mark.pipeline
 
-SYNTHETIC_REPORTS = 100
+SYNTHETIC_REPORTS = 500
 # CI-sized models: the synthetic set is small and CI has two CPU cores (see the README for the
 # full-size settings). Every stage runs, through DVC, with these overrides.
 CI_OVERRIDES = [
@@ -30,7 +30,10 @@ CI_OVERRIDES = [
     "model.baseline.embedding_dim=64", "model.baseline.units=128",
     "model.attention.embedding_dim=64", "model.attention.units=128",
     "model.attention.projection_dim=64", "model.attention.attention_dim=64",
-    "train.epochs=6", "train.batch_size=16",
+    "train.epochs=30", "train.batch_size=16", "train.learning_rate=0.005",
+    # Val and test splits of ~80 studies each: enough for early stopping, and for the paired
+    # bootstrap of model vs floor on clinical F1 to tell a real difference from noise.
+    "split.fractions.train=0.6", "split.fractions.val=0.2", "split.fractions.test=0.2",
     "evaluate.n_resamples=300",
 ]
 
@@ -198,9 +201,12 @@ def test_both_models_trained_with_their_blank_image_control(synthetic_repo: Path
         train = _metrics(synthetic_repo, f"train_{name}")
         assert train["model"] == name and train["data_source"] == "synthetic"
         assert train["weights"].startswith("random")
-        # Both numbers are there so that a reader can see whether the image helped; on the CI-sized
-        # set they are close (see the issue notes), so no sign is asserted here.
+        # Both val losses are there so that a reader sees what the image is worth. On this set the
+        # gain is within the run-to-run noise (even perfect finding labels lower the val loss by only
+        # ~0.013 nats/token at this size; see the README), so its sign is not asserted. What is: the
+        # finding head reads findings off the images of studies it never saw.
         assert train["val_loss"] > 0 and train["val_loss_blank_images"] > 0
+        assert train["val_finding_auc"]["Cardiomegaly"] > 0.8, (name, train["val_finding_auc"])
         assert (synthetic_repo / "dvclive" / name / "plots" / "metrics").is_dir()
         model = load_model(synthetic_repo / "models" / f"{name}.keras")
         assert model.count_params() == train["params"]
@@ -228,6 +234,11 @@ def test_evaluation_shows_floors_beside_every_model(synthetic_repo: Path):
     for row in ("floor: constant", "floor: retrieval", "baseline (beam 3", "attention (beam 3"):
         assert row in table, table
     assert "synthetic" in table and "random" in table
+    # The attention model writes clinically better reports than both floors, and the table says so.
+    attention = _metrics(synthetic_repo, "attention")
+    for floor in ("constant", "retrieval"):
+        assert attention["beam"]["micro_f1"] > floors[floor]["micro_f1"], (floor, attention["beam"], floors[floor])
+        assert f"attention BEATS the {floor} floor on clinical micro-F1" in table, table
     maps = sorted((synthetic_repo / "metrics" / "attention_maps").glob("*.png"))
     assert maps, "no attention maps written"
 

@@ -290,15 +290,14 @@ def test_attention_over_finding_evidence_sees_where_the_evidence_is():
         tiny("attention", finding_weight=1.0, region_input="pixels")
     model = tiny("attention", finding_weight=1.0, region_input="findings")
     inputs = batch("attention")
-    whitened = model.standardise(tf.cast(inputs["features"], tf.float32))
-    evidence = model.region_evidence(whitened).numpy()
-    assert evidence.shape == (3, 2, 49, len(OBSERVATIONS))
-    # The study's logits are the evidence summed over the regions of both views.
+    whitened = model.whiten(inputs["features"])
+    assert tuple(model.view_scores(whitened).shape) == (3, 2, 49, len(OBSERVATIONS))
+    # The study's logits are the regions' scores averaged over each view, summed over the views.
     head = model.finding_classifier
     head.kernel.assign(tf.random.normal(head.kernel.shape, seed=1))
-    evidence = model.region_evidence(whitened).numpy()
+    regions = model.view_scores(whitened).numpy()
     probabilities = model.finding_probabilities(inputs["features"]).numpy()
-    np.testing.assert_allclose(probabilities, tf.sigmoid(evidence.sum(axis=(1, 2))).numpy(), atol=1e-5)
+    np.testing.assert_allclose(probabilities, tf.sigmoid(regions.mean(axis=2).sum(axis=1)).numpy(), atol=1e-5)
     # Features that move no finding's evidence move nothing the decoder reads.
     head.kernel.assign(tf.zeros_like(head.kernel))
     changed = {**inputs, "features": inputs["features"] * 2 + 1}

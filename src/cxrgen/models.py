@@ -216,7 +216,8 @@ class BaselineGenerator(ReportGenerator):
     def build(self, input_shape=None):
         self._build_feature_statistics()
         self._build_finding_head()
-        self.image_dense.build((None, VIEWS * self.feature_dim * self.direct_features + self.findings))
+        direct = VIEWS * self.feature_dim if self.direct_features else 0
+        self.image_dense.build((None, direct + self.findings))
         self.init_h.build((None, self.units))
         self.init_c.build((None, self.units))
         self.embedding.build()
@@ -340,21 +341,14 @@ class AttentionGenerator(ReportGenerator):
                                        for start in range(0, max(len(features), 1), 256)])
         super().set_feature_statistics(features)
 
-    def _view_scores(self, whitened):
-        """(..., 2, [regions,] F) whitened features -> (..., 2, [regions,] findings): each view's
-        features scored by that view's weights."""
+    def view_scores(self, whitened):
+        """Whitened features (N, 2, [49,] F) -> finding scores (N, 2, [49,] findings), each view's
+        features scored by that view's weights. On the views' mean regions, summed over the two
+        views, these are the study's finding logits; on single regions, what each region shows."""
         scores = self.finding_classifier(whitened)                        # (..., 2 x findings)
         frontal = scores[:, 0, ..., : self.findings]
         lateral = scores[:, 1, ..., self.findings:]
         return ops.stack([frontal, lateral], axis=1)
-
-    def region_evidence(self, whitened):
-        """(N, 2, 49, findings): each region's share of each finding's logit (whitened features in).
-
-        The study's finding logits are the sum over views of the mean over the view's regions: a
-        linear classifier of the two views' mean regions, i.e. of their pooled vectors.
-        """
-        return self._view_scores(whitened) / self.regions_per_view
 
     def _encode(self, features, training=False) -> tuple:
         whitened = self.whiten(features)
@@ -363,13 +357,13 @@ class AttentionGenerator(ReportGenerator):
             # The head classifies the views' pooled vectors, with the feature dropout at that level
             # (on each region it would drown the pooled signal in noise).
             pooled = self.feature_dropout_layer(ops.mean(whitened, axis=2), training=training)
-            finding_logits = ops.sum(self._view_scores(pooled), axis=1)
+            finding_logits = ops.sum(self.view_scores(pooled), axis=1)
             findings = self._finding_input(finding_logits)
         if self.region_input == "findings":
             # Each region as the head sees it alone: the probability of each finding from that
             # region's features (bounded, so an image unlike the training ones cannot saturate the
             # decoder). No gradient: the report loss cannot reshape the evidence.
-            region_scores = ops.stop_gradient(self._view_scores(whitened))
+            region_scores = ops.stop_gradient(self.view_scores(whitened))
             content = ops.sigmoid(ops.reshape(region_scores, (-1, self.regions, self.findings)))
         else:
             features = self.feature_dropout_layer(whitened, training=training)

@@ -26,9 +26,9 @@ import tensorflow as tf
 
 from .archives import read_json, write_json_atomic
 from .errors import BadInput
+from .labeler import OBSERVATIONS, label_matrix, positive_matrix
 from .models import MODELS, MaskedTokenLoss, ReportGenerator, build_model, save_model
 from .params import with_defaults
-from .labeler import OBSERVATIONS, label_matrix, positive_matrix
 from .tables import read_parquet
 from .text import tokenize
 from .vocab import PAD_ID, Vocab

@@ -36,12 +36,13 @@ def main() -> None:
     )
     summary = f"train: {args.model}: val loss {metrics['val_loss']:.4f} (best epoch {metrics['best_epoch']})"
     if "val_loss_blank_images" in metrics:
+        low, high = metrics["val_loss_gain_interval"]
         summary += (f", blank images {metrics['val_loss_blank_images']:.4f},"
-                    f" gain {metrics['val_loss_gain']:+.4f}")
+                    f" gain {metrics['val_loss_gain']:+.4f} (95% [{low:+.4f}, {high:+.4f}] over val studies)")
     print(summary, flush=True)
-    if metrics.get("val_loss_gain", 1.0) <= 0:
-        print(f"train: warning: the {args.model} model does no better with the images than with blank ones",
-              file=sys.stderr, flush=True)
+    if not metrics.get("uses_images", True):
+        print(f"train: warning: the {args.model} model is not clearly better with the images than with blank "
+              "ones (the gain's interval reaches zero)", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

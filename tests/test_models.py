@@ -271,6 +271,71 @@ def test_the_finding_loss_is_added_only_while_fitting_with_targets(name):
     assert tiny(name).finding_probabilities(inputs["features"]) is None
 
 
+def _head_columns(model, fold: int) -> slice:
+    """The finding classifier's output columns of one fold's head."""
+    width = len(OBSERVATIONS) * model.classifier_outputs_per_finding
+    return slice(fold * width, (fold + 1) * width)
+
+
+@pytest.mark.parametrize("name,extra", [("baseline", {"direct_features": False}),
+                                        ("attention", {"region_input": "findings"})])
+def test_cross_fitting_each_study_is_read_by_a_head_that_never_fitted_it(name, extra):
+    folds = 3
+    model = tiny(name, finding_weight=1.0, finding_folds=folds, **extra)
+    inputs = batch(name)
+    head = model.finding_classifier
+    head.kernel.assign(tf.random.normal(head.kernel.shape, seed=2))
+    study_folds = np.array([0, 2, 2], np.int32)
+
+    # While fitting, study i's decoder input comes from head folds[i] alone.
+    def decoder_inputs(fold_of_studies):
+        context = model._encode(inputs["features"], training=False, folds=fold_of_studies)[1]
+        return np.concatenate([keras.ops.convert_to_numpy(c).reshape(3, -1) for c in context], axis=1)
+
+    before = decoder_inputs(study_folds)
+    kernel = head.kernel.numpy()
+    kernel[:, _head_columns(model, 2)] += 1.0
+    head.kernel.assign(kernel)
+    after = decoder_inputs(study_folds)
+    assert np.allclose(before[0], after[0], atol=1e-6)          # fold 0: head 2 changed, not its head
+    assert not np.allclose(before[1:], after[1:], atol=1e-4)      # folds 2: their head changed
+
+    # Elsewhere (val, test, new images) the heads' logits are averaged.
+    fold_logits, _ = model._encode(inputs["features"])
+    assert tuple(fold_logits.shape) == (3, folds, len(OBSERVATIONS))
+    np.testing.assert_allclose(model.finding_probabilities(inputs["features"]).numpy(),
+                               tf.sigmoid(tf.reduce_mean(fold_logits, axis=1)).numpy(), atol=1e-6)
+
+    # Each head fits only the studies outside its fold: here all are in fold 0, so head 0 learns
+    # nothing, and the loss is the mean cross-entropy of heads 1 and 2.
+    targets = np.zeros((3, len(OBSERVATIONS)), np.float32)
+    targets[:, 1] = 1.0
+    everyone_in_fold_0 = np.zeros(3, np.int32)
+    with tf.GradientTape() as tape:
+        model({**inputs, "findings": targets, "folds": everyone_in_fold_0}, training=True)
+        (finding_loss,) = model.losses
+    gradient = tape.gradient(finding_loss, head.kernel).numpy()
+    assert not np.any(gradient[:, _head_columns(model, 0)])
+    assert np.any(gradient[:, _head_columns(model, 1)]) and np.any(gradient[:, _head_columns(model, 2)])
+    fold_logits, _ = model._encode(inputs["features"], training=False)   # no dropout in tiny models' head path
+    others = tf.reshape(fold_logits[:, 1:], (-1, len(OBSERVATIONS)))
+    expected = keras.losses.BinaryCrossentropy(from_logits=True)(np.repeat(targets, folds - 1, axis=0), others)
+    assert float(finding_loss) == pytest.approx(float(expected), rel=1e-4)
+
+
+def test_cross_fitted_models_save_and_load(tmp_path):
+    model = tiny("attention", finding_weight=1.0, finding_folds=4, region_input="findings")
+    model.finding_classifier.kernel.assign(tf.random.normal(model.finding_classifier.kernel.shape, seed=3))
+    path = tmp_path / "attention.keras"
+    save_model(model, path)
+    loaded = load_model(path)
+    assert loaded.finding_folds == 4
+    inputs = batch("attention")
+    np.testing.assert_allclose(loaded(inputs).numpy(), model(inputs).numpy(), atol=1e-5)
+    with pytest.raises(BadInput, match="finding_folds"):
+        tiny("baseline", finding_weight=1.0, finding_folds=0)
+
+
 def test_a_baseline_without_features_or_findings_is_refused():
     with pytest.raises(BadInput, match="direct_features"):
         tiny("baseline", direct_features=False)
@@ -291,11 +356,11 @@ def test_attention_over_finding_evidence_sees_where_the_evidence_is():
     model = tiny("attention", finding_weight=1.0, region_input="findings")
     inputs = batch("attention")
     whitened = model.whiten(inputs["features"])
-    assert tuple(model.view_scores(whitened).shape) == (3, 2, 49, len(OBSERVATIONS))
+    assert tuple(model.view_scores(whitened).shape) == (3, 2, 49, 1, len(OBSERVATIONS))   # one fold
     # The study's logits are the regions' scores averaged over each view, summed over the views.
     head = model.finding_classifier
     head.kernel.assign(tf.random.normal(head.kernel.shape, seed=1))
-    regions = model.view_scores(whitened).numpy()
+    regions = model.view_scores(whitened).numpy()[:, :, :, 0]
     probabilities = model.finding_probabilities(inputs["features"]).numpy()
     np.testing.assert_allclose(probabilities, tf.sigmoid(regions.mean(axis=2).sum(axis=1)).numpy(), atol=1e-5)
     # Features that move no finding's evidence move nothing the decoder reads.

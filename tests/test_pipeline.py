@@ -206,6 +206,8 @@ def test_both_models_trained_with_their_blank_image_control(synthetic_repo: Path
         # ~0.013 nats/token at this size; see the README), so its sign is not asserted. What is: the
         # finding head reads findings off the images of studies it never saw.
         assert train["val_loss"] > 0 and train["val_loss_blank_images"] > 0
+        low, high = train["val_loss_gain_interval"]
+        assert low <= train["val_loss_gain"] <= high and train["uses_images"] == (low > 0)
         assert train["val_finding_auc"]["Cardiomegaly"] > 0.8, (name, train["val_finding_auc"])
         assert (synthetic_repo / "dvclive" / name / "plots" / "metrics").is_dir()
         model = load_model(synthetic_repo / "models" / f"{name}.keras")

@@ -366,6 +366,39 @@ def test_fetch_uses_cfg_and_refuses_bad_keys(tmp_path):
         synthetic.fetch({"image_width": "wide"}, tmp_path / "z", tmp_path / "cache")
 
 
+def test_fixed_wording_changes_only_the_words(tmp_path):
+    varied = _generate(tmp_path, "varied", n_reports=60, seed=4, image_width=96)
+    fixed = _generate(tmp_path, "fixed", n_reports=60, seed=4, image_width=96, wording="fixed")
+    assert _record(varied)["wording"] == "varied" and _record(fixed)["wording"] == "fixed"
+    # Same studies, same pictures: only the report text differs.
+    assert _sha(varied / "NLMCXR_png.tgz") == _sha(fixed / "NLMCXR_png.tgz")
+    findings_of = [{uid: r["findings"] for uid, r in _truth(folder)["reports"].items()} for folder in (varied, fixed)]
+    assert findings_of[0] == findings_of[1]
+    assert _sha(varied / "NLMCXR_reports.tgz") != _sha(fixed / "NLMCXR_reports.tgz")
+
+    def findings_texts(folder: Path) -> dict[str, set[str]]:
+        """FINDINGS texts per set of true findings."""
+        truth = _truth(folder)["reports"]
+        texts: dict[str, set[str]] = {}
+        for data in _reports(folder).values():
+            root = etree.fromstring(data)
+            text = _sections(root)["FINDINGS"]
+            if text:
+                key = json.dumps(truth[root.find("uId").get("id")]["findings"], sort_keys=True)
+                texts.setdefault(key, set()).add(text)
+        return texts
+
+    fixed_texts, varied_texts = findings_texts(fixed), findings_texts(varied)
+    assert all(len(texts) == 1 for texts in fixed_texts.values()), "fixed wording wrote one set of findings two ways"
+    assert any(len(texts) > 1 for texts in varied_texts.values()), "varied wording never varied"
+
+
+def test_unknown_wording_is_refused(tmp_path):
+    with pytest.raises(BadInput, match="wording"):
+        synthetic.fetch({"n_reports": 3, "wording": "terse"}, tmp_path / "raw", tmp_path / "cache")
+    assert not (tmp_path / "raw").exists() or not list((tmp_path / "raw").iterdir())
+
+
 # ----------------------------------------------------------------------------- pixels show the findings
 # A small, independent image analysis: downsample to 128 px wide, threshold (Otsu), drop the dark
 # background connected to the border, and keep in each half of the image the dark region grown from

@@ -26,7 +26,9 @@ from cxrgen.errors import BadInput  # noqa: E402
 from cxrgen.tables import read_parquet, write_parquet  # noqa: E402
 from cxrgen.train import (  # noqa: E402
     load_training_data,
+    gain_interval,
     make_dataset,
+    study_folds,
     token_loss,
     token_matrix,
     train,
@@ -72,6 +74,8 @@ def check_run(metrics: dict, model_name: str, out: Path, dataset) -> None:
     gain = metrics["val_loss_blank_images"] - metrics["val_loss"]
     assert metrics["val_loss_gain"] == pytest.approx(gain, abs=1e-5)
     assert metrics["val_loss_gain"] > 0.05  # about 0.13 nats per token here
+    low, high = metrics["val_loss_gain_interval"]
+    assert 0 < low < metrics["val_loss_gain"] < high and metrics["uses_images"] is True
     # Provenance copied from features.json.
     provenance = (metrics["data_source"], metrics["weights"], metrics["features_seed"])
     assert provenance == ("synthetic-test", "random", 7)
@@ -97,7 +101,7 @@ def test_attention_model_learns_and_reads_the_images(dataset, tmp_path):
 def test_through_the_finding_head_alone_the_images_still_reach_the_words(name, head, dataset, tmp_path):
     """The defaults of params.yaml: the image reaches the decoder only through the finding head.
     Here the labeler reads Cardiomegaly off "heart is enlarged" (the frontal regions 20-24 show it)."""
-    sizes = {**SIZES[name], "finding_weight": 1.0, "finding_l2": 0.002, **head}
+    sizes = {**SIZES[name], "finding_weight": 1.0, "finding_l2": 0.002, "finding_folds": 4, **head}
     setting = {**params(), "model": {name: sizes}}
     features, prepared = dataset
     metrics = train(name, setting, features, prepared, tmp_path / "model.keras", tmp_path / "metrics.json",
@@ -234,6 +238,25 @@ def test_batches_pair_each_word_with_the_next_and_are_cut_to_their_longest_repor
     assert [len(b) for b in blank] == [2, 1] and all((b == features[0]).all() for b in blank)
 
 
+def test_cross_fitting_folds_are_equal_shares_fixed_by_the_seed():
+    folds = study_folds(10, 4, seed=0)
+    assert folds.dtype == np.int32 and sorted(np.bincount(folds).tolist()) == [2, 2, 3, 3]
+    assert (study_folds(10, 4, seed=0) == folds).all()
+    assert not (study_folds(10, 4, seed=1) == folds).all()
+    assert (study_folds(5, 1, seed=0) == 0).all()
+    # The folds travel with the finding targets, study by study, through the shuffle.
+    tokens = np.array([[1, 2, 0], [1, 3, 2], [1, 4, 2], [1, 2, 0]], dtype=np.int32)
+    features = np.zeros((4, 2, 3), np.float16)
+    findings = np.arange(4, dtype=np.float32)[:, None]
+    folds = np.array([3, 2, 1, 0], np.int32)
+    rows = [(x["findings"].numpy()[:, 0].tolist(), x["folds"].numpy().tolist())
+            for x, _ in make_dataset(features, tokens, 2, shuffle=True, findings=findings, folds=folds)]
+    pairs = [(f, k) for found, kept in rows for f, k in zip(found, kept)]
+    assert sorted(pairs) == [(0.0, 3), (1.0, 2), (2.0, 1), (3.0, 0)]
+    with pytest.raises(ValueError, match="folds"):
+        make_dataset(features, tokens, 2, folds=folds)
+
+
 def test_settings_are_checked():
     assert train_settings({})["strategy"] == "none"
     with pytest.raises(BadInput, match="unknown keys"):
@@ -258,6 +281,19 @@ def test_misaligned_or_missing_features_are_refused(dataset, tmp_path):
         load_training_data(short, prepared, "pooled")
     with pytest.raises(BadInput, match="no 'regions' array"):
         load_training_data(features, prepared, "regions")
+
+
+def test_the_gain_interval_is_a_paired_bootstrap_over_studies():
+    counts = np.full(40, 10.0)
+    image = np.full(40, 5.0)
+    # Every study 1 nat better with the image: the interval is that one value.
+    assert gain_interval(image + 1.0, image, counts) == pytest.approx((0.1, 0.1))
+    # Half the studies better, half worse by as much: the interval straddles zero.
+    mixed = image + np.where(np.arange(40) % 2 == 0, 2.0, -2.0)
+    low, high = gain_interval(mixed, image, counts)
+    assert low < 0 < high
+    # Same seed, same resamples.
+    assert gain_interval(mixed, image, counts, seed=3) == gain_interval(mixed, image, counts, seed=3)
 
 
 def test_roc_auc_counts_ordered_pairs_and_ties_as_half():

@@ -51,7 +51,8 @@ class ReportGenerator(keras.Model):
     classifier_outputs_per_finding: int = 1
 
     def __init__(self, vocab_size: int, feature_dim: int = 1024, feature_dropout: float = 0.0,
-                 findings: int = 0, finding_weight: float = 1.0, finding_l2: float = 0.0, **kwargs):
+                 findings: int = 0, finding_weight: float = 1.0, finding_l2: float = 0.0,
+                 finding_folds: int = 1, **kwargs):
         super().__init__(**kwargs)
         self.vocab_size = int(vocab_size)
         self.feature_dim = int(feature_dim)
@@ -65,12 +66,22 @@ class ReportGenerator(keras.Model):
         # probabilities on the training studies are not much surer than on new ones (the decoder
         # learns how far to trust them from the training studies).
         self.finding_l2 = float(finding_l2)
+        # Cross-fitting (stacking without leakage). A head fitted on a few hundred studies knows
+        # them by heart (AUC 1.0 on them, ~.75 on new ones); a decoder trained on such sure
+        # probabilities trusts them too much on new studies and gains nothing from the image. With
+        # K folds there are K heads, head k fitted on the training studies outside fold k; while
+        # fitting, the decoder reads for each study the head that never saw it, so it learns how
+        # far out-of-sample probabilities can be trusted. Elsewhere it reads the mean of the heads'
+        # logits (one linear classifier). 1 = one head, read as it is.
+        self.finding_folds = int(finding_folds)
+        if self.finding_folds < 1:
+            raise BadInput("params.yaml", f"finding_folds must be a positive integer, not {finding_folds!r}")
         # One weight vector per finding and view: the classifier reads the two views' features
         # (the baseline: both pooled vectors joined; the attention model: each region, per view).
-        self.finding_classifier = (layers.Dense(self.findings * self.classifier_outputs_per_finding,
+        self.finding_classifier = (layers.Dense(self.findings * self.classifier_outputs_per_finding
+                                                * self.finding_folds,
                                                 kernel_initializer="zeros", dtype=self.dtype_policy,
                                                 name="finding_classifier") if self.findings else None)
-        self.finding_loss = keras.losses.BinaryCrossentropy(from_logits=True, name="finding_loss")
         # Dropout on the whitened channels: each study's image is unique, and without it the decoder
         # learns the training reports by their images instead of what the images show.
         self.feature_dropout = float(feature_dropout)
@@ -115,8 +126,29 @@ class ReportGenerator(keras.Model):
         """(N, findings) probabilities of the finding head for raw features, or None without a head."""
         if self.finding_classifier is None:
             return None
-        logits, _ = self._encode(features, training=False)
-        return ops.sigmoid(logits)
+        fold_logits, _ = self._encode(features, training=False)
+        return ops.sigmoid(self.select_folds(fold_logits))
+
+    def select_folds(self, scores, folds=None):
+        """Scores (N, ..., folds, findings) -> (N, ..., findings): for study i, the head of fold
+        folds[i] (the one fitted without it); without folds, the mean over the heads."""
+        if folds is None or self.finding_folds == 1:
+            return ops.mean(scores, axis=-2)
+        pick = ops.one_hot(ops.cast(folds, "int32"), self.finding_folds, dtype=scores.dtype)   # (N, K)
+        pick = ops.reshape(pick, (-1,) + (1,) * (len(scores.shape) - 3) + (self.finding_folds, 1))
+        return ops.sum(scores * pick, axis=-2)
+
+    def finding_head_loss(self, fold_logits, targets, folds=None):
+        """Mean binary cross-entropy of the heads (N, folds, findings), each head on the studies
+        outside its fold, plus the L2 penalty; without folds every head fits every study."""
+        targets = ops.broadcast_to(ops.expand_dims(ops.cast(targets, fold_logits.dtype), 1), ops.shape(fold_logits))
+        per_finding = ops.binary_crossentropy(targets, fold_logits, from_logits=True)
+        if folds is None or self.finding_folds == 1:
+            fit = ops.mean(per_finding)
+        else:
+            outside = 1.0 - ops.one_hot(ops.cast(folds, "int32"), self.finding_folds, dtype=fold_logits.dtype)
+            fit = ops.sum(per_finding * ops.expand_dims(outside, -1)) / (ops.sum(outside) * self.findings)
+        return fit + self.finding_l2 * ops.sum(ops.square(self.finding_classifier.kernel))
 
     def _finding_input(self, logits):
         """What the decoder reads of the finding head: probabilities, no gradient back into it."""
@@ -131,8 +163,9 @@ class ReportGenerator(keras.Model):
         return self._encode(features, training)[1]
 
     # The subclasses fill these in.
-    def _encode(self, features, training=False) -> tuple:
-        """(finding logits (N, findings) or None, context tuple)."""
+    def _encode(self, features, training=False, folds=None) -> tuple:
+        """(every head's finding logits (N, folds, findings) or None, context tuple); folds: each
+        study's fold while fitting (see select_folds), else None."""
         raise NotImplementedError
 
     def initial_state(self, context: tuple) -> list:
@@ -150,12 +183,11 @@ class ReportGenerator(keras.Model):
         raise NotImplementedError
 
     def call(self, inputs, training=False):
-        finding_logits, context = self._encode(inputs["features"], training=training)
-        if training and finding_logits is not None and "findings" in inputs:
+        folds = inputs.get("folds") if training else None
+        fold_logits, context = self._encode(inputs["features"], training=training, folds=folds)
+        if training and fold_logits is not None and "findings" in inputs:
             # Only while fitting: Keras's val_loss (early stopping) stays the report loss alone.
-            targets = ops.cast(inputs["findings"], finding_logits.dtype)
-            penalty = self.finding_l2 * ops.sum(ops.square(self.finding_classifier.kernel))
-            self.add_loss(self.finding_weight * (self.finding_loss(targets, finding_logits) + penalty))
+            self.add_loss(self.finding_weight * self.finding_head_loss(fold_logits, inputs["findings"], folds))
         logits, _ = self.decode_sequence(inputs["tokens"], self.initial_state(context), context, training)
         return logits
 
@@ -177,7 +209,8 @@ class ReportGenerator(keras.Model):
         config = super().get_config()
         config.update({"vocab_size": self.vocab_size, "feature_dim": self.feature_dim,
                        "feature_dropout": self.feature_dropout, "findings": self.findings,
-                       "finding_weight": self.finding_weight, "finding_l2": self.finding_l2})
+                       "finding_weight": self.finding_weight, "finding_l2": self.finding_l2,
+                       "finding_folds": self.finding_folds})
         return config
 
 
@@ -210,8 +243,9 @@ class BaselineGenerator(ReportGenerator):
         return (VIEWS, self.feature_dim)
 
     def finding_logits(self, pooled):
-        """(N, findings) logits from the whitened pooled features of both views (N, 2, F)."""
-        return self.finding_classifier(ops.reshape(pooled, (-1, VIEWS * self.feature_dim)))
+        """(N, folds, findings) logits from the whitened pooled features of both views (N, 2, F)."""
+        scores = self.finding_classifier(ops.reshape(pooled, (-1, VIEWS * self.feature_dim)))
+        return ops.reshape(scores, (-1, self.finding_folds, self.findings))
 
     def build(self, input_shape=None):
         self._build_feature_statistics()
@@ -226,13 +260,13 @@ class BaselineGenerator(ReportGenerator):
         self.logits_dense.build((None, self.units))
         self.built = True
 
-    def _encode(self, features, training=False) -> tuple:
+    def _encode(self, features, training=False, folds=None) -> tuple:
         features = self.standardise(features, training)
         joined = ops.reshape(features, (-1, VIEWS * self.feature_dim))  # 2 x 1024 -> 2048
         finding_logits, parts = None, [joined] if self.direct_features else []
         if self.finding_classifier is not None:
             finding_logits = self.finding_logits(features)
-            parts.append(self._finding_input(finding_logits))
+            parts.append(self._finding_input(self.select_folds(finding_logits, folds)))
         joined = ops.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0]
         return finding_logits, (self.image_dropout(self.image_dense(joined), training=training),)
 
@@ -342,28 +376,30 @@ class AttentionGenerator(ReportGenerator):
         super().set_feature_statistics(features)
 
     def view_scores(self, whitened):
-        """Whitened features (N, 2, [49,] F) -> finding scores (N, 2, [49,] findings), each view's
-        features scored by that view's weights. On the views' mean regions, summed over the two
-        views, these are the study's finding logits; on single regions, what each region shows."""
-        scores = self.finding_classifier(whitened)                        # (..., 2 x findings)
-        frontal = scores[:, 0, ..., : self.findings]
-        lateral = scores[:, 1, ..., self.findings:]
+        """Whitened features (N, 2, [49,] F) -> finding scores (N, 2, [49,] folds, findings), each
+        view's features scored by that view's weights (of each fold's head). On the views' mean
+        regions, summed over the two views, these are the study's finding logits; on single
+        regions, what each region shows."""
+        scores = self.finding_classifier(whitened)                        # (..., folds x 2 x findings)
+        scores = tf.reshape(scores, tf.concat([tf.shape(scores)[:-1], [self.finding_folds, VIEWS, self.findings]], 0))
+        frontal = scores[:, 0, ..., 0, :]
+        lateral = scores[:, 1, ..., 1, :]
         return ops.stack([frontal, lateral], axis=1)
 
-    def _encode(self, features, training=False) -> tuple:
+    def _encode(self, features, training=False, folds=None) -> tuple:
         whitened = self.whiten(features)
         finding_logits = None
         if self.finding_classifier is not None:
             # The head classifies the views' pooled vectors, with the feature dropout at that level
             # (on each region it would drown the pooled signal in noise).
             pooled = self.feature_dropout_layer(ops.mean(whitened, axis=2), training=training)
-            finding_logits = ops.sum(self.view_scores(pooled), axis=1)
-            findings = self._finding_input(finding_logits)
+            finding_logits = ops.sum(self.view_scores(pooled), axis=1)           # (N, folds, findings)
+            findings = self._finding_input(self.select_folds(finding_logits, folds))
         if self.region_input == "findings":
             # Each region as the head sees it alone: the probability of each finding from that
             # region's features (bounded, so an image unlike the training ones cannot saturate the
             # decoder). No gradient: the report loss cannot reshape the evidence.
-            region_scores = ops.stop_gradient(self.view_scores(whitened))
+            region_scores = self.select_folds(ops.stop_gradient(self.view_scores(whitened)), folds)
             content = ops.sigmoid(ops.reshape(region_scores, (-1, self.regions, self.findings)))
         else:
             features = self.feature_dropout_layer(whitened, training=training)
@@ -459,10 +495,10 @@ MODELS = {"baseline": BaselineGenerator, "attention": AttentionGenerator}
 # Sizes as in the case study (LSTM/GRU 512, embedding 300); params.yaml model.<name> overrides them.
 DEFAULT_SIZES = {
     "baseline": {"embedding_dim": 300, "units": 512, "dropout": 0.3, "feature_dropout": 0.0,
-                 "finding_weight": 0.0, "finding_l2": 0.0, "direct_features": True},
+                 "finding_weight": 0.0, "finding_l2": 0.0, "finding_folds": 1, "direct_features": True},
     "attention": {"embedding_dim": 300, "units": 512, "projection_dim": 256, "attention_dim": 256,
                   "rnn": "gru", "dropout": 0.3, "feature_dropout": 0.0, "finding_weight": 0.0, "finding_l2": 0.0,
-                  "region_input": "features"},
+                  "finding_folds": 1, "region_input": "features"},
 }
 
 

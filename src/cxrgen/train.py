@@ -29,6 +29,7 @@ from .errors import BadInput
 from .labeler import OBSERVATIONS, label_matrix, positive_matrix
 from .models import MODELS, MaskedTokenLoss, ReportGenerator, build_model, save_model
 from .params import with_defaults
+from .scores import resample_counts
 from .tables import read_parquet
 from .text import tokenize
 from .vocab import PAD_ID, Vocab
@@ -46,6 +47,7 @@ TRAIN_DEFAULTS = {
 }
 STRATEGIES = ("none", "mirrored")
 BLANK_PREFIX = "blank_images/"
+FOLDS_KEY = 7  # seeds the cross-fitting folds apart from the shuffle
 
 
 def train_settings(params: dict) -> dict:
@@ -132,20 +134,36 @@ def load_training_data(features_dir: str | Path, prepared_dir: str | Path, featu
     return TrainingData(len(vocab), feature_key, features, tokens, findings, blank, info)
 
 
+def study_folds(n_studies: int, folds: int, seed: int) -> np.ndarray:
+    """(N,) int32: each training study's fold for the finding heads' cross-fitting, in equal shares,
+    by a seeded shuffle."""
+    order = np.random.default_rng(np.random.SeedSequence([seed, FOLDS_KEY])).permutation(n_studies)
+    assignment = np.empty(n_studies, np.int32)
+    assignment[order] = np.arange(n_studies) % max(int(folds), 1)
+    return assignment
+
+
 def make_dataset(features: np.ndarray, tokens: np.ndarray, batch_size: int, shuffle: bool = False,
-                 seed: int = 0, blank: bool = False, findings: np.ndarray | None = None) -> tf.data.Dataset:
+                 seed: int = 0, blank: bool = False, findings: np.ndarray | None = None,
+                 folds: np.ndarray | None = None) -> tf.data.Dataset:
     """Batches of ({"features", "tokens": ids[:-1]}, next ids = ids[1:]) (teacher forcing).
 
     blank=True: `features` is ONE study's features, given to every study (the image control).
-    findings: (N, observations) targets of the finding head, added to the inputs when given.
+    findings: (N, observations) targets of the finding head, added to the inputs when given;
+    folds: (N,) each study's cross-fitting fold (see study_folds), added with them.
     """
-    def pair(study_features, ids, labels=None):
+    if folds is not None and findings is None:
+        raise ValueError("folds go with the finding targets")
+
+    def pair(study_features, ids, labels=None, fold=None):
         inputs = {"features": tf.cast(study_features, tf.float32), "tokens": ids[:-1]}
         if labels is not None:
             inputs["findings"] = labels
+        if fold is not None:
+            inputs["folds"] = fold
         return inputs, ids[1:]
 
-    rows = (tokens,) if findings is None else (tokens, findings)
+    rows = (tokens,) if findings is None else (tokens, findings) if folds is None else (tokens, findings, folds)
     if blank:
         constant = tf.constant(features[0])
         dataset = tf.data.Dataset.from_tensor_slices(rows).map(lambda *row: pair(constant, *row))
@@ -228,8 +246,9 @@ def fit(model_name: str, sizes: dict, settings: dict, data: TrainingData, strate
             loss=MaskedTokenLoss(),
         )
     source = {split: (data.blank if blank else data.features[split]) for split in ("train", "val")}
+    folds = study_folds(len(data.tokens["train"]), model.finding_folds, settings["seed"])
     train_set = make_dataset(source["train"], data.tokens["train"], settings["batch_size"], shuffle=True,
-                             seed=settings["seed"], blank=blank, findings=data.findings["train"])
+                             seed=settings["seed"], blank=blank, findings=data.findings["train"], folds=folds)
     val_set = make_dataset(source["val"], data.tokens["val"], settings["batch_size"], blank=blank)
     stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=settings["patience"],
                                             restore_best_weights=True)  # restores at the end in Keras 3
@@ -274,6 +293,30 @@ def token_loss(model: ReportGenerator, features: np.ndarray, tokens: np.ndarray,
         total += float(batch_total)
         count += float(batch_count)
     return total / max(count, 1.0)
+
+
+def study_token_losses(model: ReportGenerator, features: np.ndarray, tokens: np.ndarray, batch_size: int,
+                       blank: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Per study, dropout off: the summed cross-entropy of its real tokens, and their count."""
+    sums, counts = [], []
+    for inputs, targets in make_dataset(features, tokens, batch_size, blank=blank):
+        logits = tf.cast(model(inputs, training=False), tf.float32)
+        entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
+        real = tf.cast(tf.not_equal(targets, PAD_ID), tf.float32)
+        sums.append(tf.reduce_sum(entropy * real, axis=1).numpy())
+        counts.append(tf.reduce_sum(real, axis=1).numpy())
+    return np.concatenate(sums).astype(np.float64), np.concatenate(counts).astype(np.float64)
+
+
+def gain_interval(blank_sums: np.ndarray, image_sums: np.ndarray, counts: np.ndarray, n_resamples: int = 1000,
+                  seed: int = 0, confidence: float = 0.95) -> tuple[float, float]:
+    """Paired bootstrap over val studies of the val-loss gain (blank images minus images, nats per
+    token): each resample draws studies with replacement and compares the two models on the same
+    draw, so only the studies' sampling varies, not the training run."""
+    draws = resample_counts(len(counts), n_resamples, seed).astype(np.float64)
+    gains = draws @ (blank_sums - image_sums) / (draws @ counts)
+    low, high = np.quantile(gains, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return float(low), float(high)
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
@@ -356,9 +399,16 @@ def train(model_name: str, params: dict, features_dir: str | Path, prepared_dir:
             control = fit(model_name, sizes, settings, data, strategy, blank=True,
                           callbacks=[LiveCurves(live, BLANK_PREFIX)], verbose=verbose)
             blank_val = round(token_loss(control.model, data.blank, data.tokens["val"], batch, blank=True), 6)
+            image_sums, counts = study_token_losses(real.model, data.features["val"], data.tokens["val"], batch)
+            blank_sums, _ = study_token_losses(control.model, data.blank, data.tokens["val"], batch, blank=True)
+            low, high = gain_interval(blank_sums, image_sums, counts, seed=settings["seed"])
             metrics.update({
                 "val_loss_blank_images": blank_val,
                 "val_loss_gain": round(blank_val - metrics["val_loss"], 6),
+                # 95 % paired bootstrap over the val studies; low > 0: the image lowers the loss
+                # beyond what the choice of val studies explains.
+                "val_loss_gain_interval": [round(low, 6), round(high, 6)],
+                "uses_images": bool(low > 0),
                 "blank_images_best_epoch": control.best_epoch,
             })
     finally:

@@ -101,7 +101,7 @@ from . import synthetic_images, synthetic_reports
 
 TRUTH_FILE = "synthetic_truth.json"
 TRUTH_FORMAT = "cxrgen-synthetic-truth/1"
-DEFAULTS = {"n_reports": 3955, "seed": 0, "image_width": 512, "workers": 0}
+DEFAULTS = {"n_reports": 3955, "seed": 0, "image_width": 512, "workers": 0, "wording": "varied"}
 
 # Real collection: 0/1/2/3/4/5 images for 104/446/3208/181/15/1 of 3,955 reports.
 IMAGES_PER_REPORT = {0: 104, 1: 446, 2: 3208, 3: 181, 4: 15, 5: 1}
@@ -190,8 +190,12 @@ def _force_awkward_cases(rng: np.random.Generator, n_images: list[int], drops: l
             n_images[index], drops[index] = count, drop
 
 
-def plan_studies(n_reports: int, seed: int, image_width: int) -> list[Study]:
-    """Every report's number, findings, text, image ids, projections and image heights."""
+def plan_studies(n_reports: int, seed: int, image_width: int, wording: str = "varied") -> list[Study]:
+    """Every report's number, findings, text, image ids, projections and image heights.
+
+    wording ("varied" or "fixed") changes only the words: the same seed gives the same findings,
+    ids and images either way.
+    """
     rng = np.random.default_rng(_seed_sequence(seed, PLAN_KEY))
     numbers = _report_numbers(rng, n_reports)
     counts = np.array(list(IMAGES_PER_REPORT.values()), dtype=float)
@@ -205,7 +209,11 @@ def plan_studies(n_reports: int, seed: int, image_width: int) -> list[Study]:
     studies = []
     for number, count, drop, series_number in zip(numbers, n_images, drops, series):
         findings = synthetic_reports.sample_findings(rng)
+        # The varied words are always drawn, so that the plan's random stream (and with it every
+        # later study, id and image) is the same whatever the wording; fixed wording then replaces them.
         text = synthetic_reports.write_report(findings, rng, drop=drop)
+        if wording != "varied":
+            text = synthetic_reports.write_report(findings, rng, drop=drop, wording=wording)
         heights = [int(round(image_width * rng.uniform(*ASPECT_RANGE))) for _ in range(count)]
         studies.append(Study(
             number=number,
@@ -415,16 +423,19 @@ def _check_int(name: str, value, low: int, high: int) -> int:
 
 
 def generate(out_dir: str | Path, n_reports: int, seed: int, image_width: int = 512,
-             workers: int = 1, progress: bool = True) -> dict:
+             workers: int = 1, progress: bool = True, wording: str = "varied") -> dict:
     """Write the two archives (with sidecars) and synthetic_truth.json into out_dir; return the record."""
     n_reports = _check_int("n_reports", n_reports, 1, 100_000)
     seed = _check_int("seed", seed, 0, 2**63 - 1)
     image_width = _check_int("image_width", image_width, 64, 4096)
     workers = _check_int("workers", workers, 0, 256)
+    if wording not in synthetic_reports.WORDINGS:
+        raise BadInput("params.yaml", f"download.synthetic.wording must be one of "
+                                      f"{list(synthetic_reports.WORDINGS)}, got {wording!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    studies = plan_studies(n_reports, seed, image_width)
+    studies = plan_studies(n_reports, seed, image_width, wording)
     files, sha256 = {}, {}
     for kind, name, write in (
         ("reports", REPORTS_ARCHIVE, lambda tmp: _write_reports(tmp, studies, seed)),
@@ -437,6 +448,7 @@ def generate(out_dir: str | Path, n_reports: int, seed: int, image_width: int = 
         sha256[kind] = write_sidecar(target)["sha256"]
         files[kind] = name
     truth = _truth(studies, seed, image_width)
+    truth["wording"] = wording
     write_json_atomic(out_dir / TRUTH_FILE, truth)
     return {
         "source": "synthetic",
@@ -448,6 +460,7 @@ def generate(out_dir: str | Path, n_reports: int, seed: int, image_width: int = 
         "n_images": truth["n_images"],
         "seed": seed,
         "image_width": image_width,
+        "wording": wording,
     }
 
 
@@ -459,4 +472,4 @@ def fetch(cfg: dict, raw_dir: Path, cache_dir: Path) -> dict:
         raise BadInput("params.yaml", f"download.synthetic: unknown key(s) {unknown}; known: {sorted(DEFAULTS)}")
     settings = {**DEFAULTS, **{k: v for k, v in cfg.items() if v is not None}}
     return generate(raw_dir, settings["n_reports"], settings["seed"], settings["image_width"],
-                    workers=settings["workers"])
+                    workers=settings["workers"], wording=settings["wording"])

@@ -53,6 +53,25 @@ P_NO_COMPARISON = 0.20
 P_NO_INDICATION = 0.03
 
 
+WORDINGS = ("varied", "fixed")
+
+
+class FixedWording:
+    """A stand-in for the generator that writes a report: every wording choice is the same one.
+
+    `integers` answers 0 (the first phrasing) and `random` answers 0.5 (an optional sentence is
+    written when its probability is above one half). The report then is a function of the findings
+    alone, which makes the image's share of the text large (a cleaner test of whether a model uses
+    the image; see the README for what it does to the floors).
+    """
+
+    def integers(self, *args, **kwargs):
+        return 0
+
+    def random(self):
+        return 0.5
+
+
 def _pick(rng: np.random.Generator, options):
     return options[int(rng.integers(len(options)))]
 
@@ -542,11 +561,18 @@ class ReportText:
     caption: str = ""
 
 
-def write_report(findings: list[dict], rng: np.random.Generator, drop: str | None = None) -> ReportText:
+def write_report(findings: list[dict], rng: np.random.Generator, drop: str | None = None,
+                 wording: str = "varied") -> ReportText:
     """The four sections, MeSH terms and image caption of a study with `findings`.
 
     drop: force a missing section ("FINDINGS" or "IMPRESSION"); None: by the designed rates.
+    wording: "varied" (phrasings and optional sentences drawn at random, as radiologists vary) or
+    "fixed" (one wording per set of findings; see FixedWording).
     """
+    if wording not in WORDINGS:
+        raise ValueError(f"wording must be one of {WORDINGS}, got {wording!r}")
+    if wording == "fixed":
+        rng = FixedWording()
     if drop is None:
         u = rng.random()
         drop = "FINDINGS" if u < P_NO_FINDINGS_SECTION else (

@@ -21,19 +21,26 @@ from conftest import SHARED_SAMPLE
 
 pytestmark = pytest.mark.pipeline
 
-SYNTHETIC_REPORTS = 500
-# CI-sized models: the synthetic set is small and CI has two CPU cores (see the README for the
-# full-size settings). Every stage runs, through DVC, with these overrides.
+SYNTHETIC_REPORTS = 1200
+# CI-sized models on two CPU cores (see the README for the full-size settings). Every stage runs,
+# through DVC, with these overrides.
 CI_OVERRIDES = [
     "download.sources=[synthetic]",
     f"download.synthetic.n_reports={SYNTHETIC_REPORTS}",
+    # One wording per set of findings: the report is then what the image shows, so whether a model
+    # uses the image shows in its val loss (with varied wording even the true finding labels gain
+    # only ~.013 nats/token on a few hundred studies; with fixed wording ~.06; see the README).
+    "download.synthetic.wording=fixed",
+    # 112 px images (a 3 x 3 grid per view) make features ~4x cheaper, which buys ~700 training
+    # studies in CI's time: with ~250 the finding heads read too little (val AUC .75) for a clear gain.
+    "download.synthetic.image_width=256", "image.size=112",
     "model.baseline.embedding_dim=64", "model.baseline.units=128",
     "model.attention.embedding_dim=64", "model.attention.units=128",
     "model.attention.projection_dim=64", "model.attention.attention_dim=64",
     "train.epochs=30", "train.batch_size=16", "train.learning_rate=0.005",
-    # Val and test splits of ~80 studies each: enough for early stopping, and for the paired
-    # bootstrap of model vs floor on clinical F1 to tell a real difference from noise.
-    "split.fractions.train=0.6", "split.fractions.val=0.2", "split.fractions.test=0.2",
+    # Val and test splits of ~150 studies each: enough for early stopping, and for the paired
+    # bootstraps (image vs blank images; model vs floor) to tell a real difference from noise.
+    "split.fractions.train=0.7", "split.fractions.val=0.15", "split.fractions.test=0.15",
     "evaluate.n_resamples=300",
 ]
 
@@ -201,13 +208,13 @@ def test_both_models_trained_with_their_blank_image_control(synthetic_repo: Path
         train = _metrics(synthetic_repo, f"train_{name}")
         assert train["model"] == name and train["data_source"] == "synthetic"
         assert train["weights"].startswith("random")
-        # Both val losses are there so that a reader sees what the image is worth. On this set the
-        # gain is within the run-to-run noise (even perfect finding labels lower the val loss by only
-        # ~0.013 nats/token at this size; see the README), so its sign is not asserted. What is: the
-        # finding head reads findings off the images of studies it never saw.
-        assert train["val_loss"] > 0 and train["val_loss_blank_images"] > 0
+        # The image is used: the val loss is clearly lower than the blank-image twin's. Measured
+        # +.012 and +.014 nats/token (10-12 %), 95 % intervals over the val studies from ~+.009.
         low, high = train["val_loss_gain_interval"]
         assert low <= train["val_loss_gain"] <= high and train["uses_images"] == (low > 0)
+        assert train["uses_images"], (name, train["val_loss_gain"], train["val_loss_gain_interval"])
+        assert train["val_loss_gain"] > 0.05 * train["val_loss_blank_images"], (name, train)
+        # ... and the finding head reads findings off the images of studies it never saw.
         assert train["val_finding_auc"]["Cardiomegaly"] > 0.8, (name, train["val_finding_auc"])
         assert (synthetic_repo / "dvclive" / name / "plots" / "metrics").is_dir()
         model = load_model(synthetic_repo / "models" / f"{name}.keras")

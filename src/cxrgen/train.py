@@ -398,9 +398,9 @@ def train(model_name: str, params: dict, features_dir: str | Path, prepared_dir:
         if settings["image_control"]:
             control = fit(model_name, sizes, settings, data, strategy, blank=True,
                           callbacks=[LiveCurves(live, BLANK_PREFIX)], verbose=verbose)
-            blank_val = round(token_loss(control.model, data.blank, data.tokens["val"], batch, blank=True), 6)
             image_sums, counts = study_token_losses(real.model, data.features["val"], data.tokens["val"], batch)
             blank_sums, _ = study_token_losses(control.model, data.blank, data.tokens["val"], batch, blank=True)
+            blank_val = round(float(blank_sums.sum() / counts.sum()), 6)
             low, high = gain_interval(blank_sums, image_sums, counts, seed=settings["seed"])
             metrics.update({
                 "val_loss_blank_images": blank_val,

@@ -374,13 +374,16 @@ def train(model_name: str, params: dict, features_dir: str | Path, prepared_dir:
     try:
         real = fit(model_name, sizes, settings, data, strategy, callbacks=[LiveCurves(live)], verbose=verbose)
         batch = settings["batch_size"]
+        # Per val study (summed loss, real tokens): the val loss, and with the blank-image twin's the
+        # paired interval of the gain, both from the same numbers.
+        image_sums, counts = study_token_losses(real.model, data.features["val"], data.tokens["val"], batch)
         metrics = {
             "model": model_name,
             "params": int(real.model.count_params()),
             "best_epoch": real.best_epoch,
             "epochs_run": real.epochs_run,
             "train_loss": round(token_loss(real.model, data.features["train"], data.tokens["train"], batch), 6),
-            "val_loss": round(token_loss(real.model, data.features["val"], data.tokens["val"], batch), 6),
+            "val_loss": round(float(image_sums.sum() / counts.sum()), 6),
             "replicas": int(strategy.num_replicas_in_sync),
             "train_seed": settings["seed"],
             "data_source": data.info.get("data_source"),
@@ -398,7 +401,6 @@ def train(model_name: str, params: dict, features_dir: str | Path, prepared_dir:
         if settings["image_control"]:
             control = fit(model_name, sizes, settings, data, strategy, blank=True,
                           callbacks=[LiveCurves(live, BLANK_PREFIX)], verbose=verbose)
-            image_sums, counts = study_token_losses(real.model, data.features["val"], data.tokens["val"], batch)
             blank_sums, _ = study_token_losses(control.model, data.blank, data.tokens["val"], batch, blank=True)
             blank_val = round(float(blank_sums.sum() / counts.sum()), 6)
             low, high = gain_interval(blank_sums, image_sums, counts, seed=settings["seed"])

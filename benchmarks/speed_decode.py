@@ -20,14 +20,13 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 from cxrgen.benchmark import describe_machine, record_speed  # noqa: E402
-from cxrgen.decode import DecodeSettings, beam_search, beam_search_reference  # noqa: E402
+from cxrgen.data.vocab import Vocab  # noqa: E402
 from cxrgen.errors import CxrgenError  # noqa: E402
-from cxrgen.models import load_model, model_name_of  # noqa: E402
-from cxrgen.train import load_features  # noqa: E402
-from cxrgen.vocab import Vocab  # noqa: E402
+from cxrgen.modeling.decode import DecodeSettings, beam_search, beam_search_reference  # noqa: E402
+from cxrgen.modeling.models import load_model, model_name_of  # noqa: E402
+from cxrgen.modeling.train import load_features  # noqa: E402
 
 WIDTHS = {"greedy": 1, "beam3": 3, "beam5": 5}
 

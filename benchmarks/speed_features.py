@@ -26,15 +26,19 @@ import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from cxrgen.benchmark import describe_machine, record_speed  # noqa: E402
+from cxrgen.data.split import SPLITS  # noqa: E402
 from cxrgen.errors import BadInput, CxrgenError  # noqa: E402
-from cxrgen.features import FeatureExtractor, load_images, load_network, resolve_weights  # noqa: E402
+from cxrgen.features.densenet import (  # noqa: E402
+    FeatureExtractor,
+    load_images,
+    load_network,
+    resolve_weights,
+)
 from cxrgen.params import load_params  # noqa: E402
-from cxrgen.split import SPLITS  # noqa: E402
 
 TARGET_RATIO = 0.9
 

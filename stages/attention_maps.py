@@ -11,7 +11,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from cxrgen.archives import write_json_atomic  # noqa: E402
+from cxrgen.files import write_json_atomic  # noqa: E402
 from cxrgen.params import load_params  # noqa: E402
 from cxrgen.stage import run_stage  # noqa: E402
 
@@ -30,13 +30,13 @@ def main() -> None:
 
     import numpy as np
 
-    from cxrgen.attention_maps import write_attention_examples
-    from cxrgen.decode import DecodeSettings, beam_search
-    from cxrgen.evaluate import load_studies, split_texts
-    from cxrgen.generate import load_provenance
-    from cxrgen.models import load_model
-    from cxrgen.train import load_features
-    from cxrgen.vocab import Vocab
+    from cxrgen.assistant.attention_maps import write_attention_examples
+    from cxrgen.assistant.generate import load_provenance
+    from cxrgen.data.vocab import Vocab
+    from cxrgen.evaluation.evaluate import load_studies, split_texts
+    from cxrgen.modeling.decode import DecodeSettings, beam_search
+    from cxrgen.modeling.models import load_model
+    from cxrgen.modeling.train import load_features
 
     model = load_model(args.model)
     vocab = Vocab.load(Path(args.prepared) / "vocab.json")

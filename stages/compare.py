@@ -3,8 +3,8 @@
 import argparse
 from pathlib import Path
 
-from cxrgen.archives import atomic_path, read_json
-from cxrgen.compare import comparison_markdown
+from cxrgen.evaluation.compare import comparison_markdown
+from cxrgen.files import atomic_path, read_json
 from cxrgen.stage import run_stage
 
 

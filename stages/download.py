@@ -2,7 +2,7 @@
 
 import argparse
 
-from cxrgen.download import run_download
+from cxrgen.data.download import run_download
 from cxrgen.params import load_params, section
 from cxrgen.stage import run_stage
 

@@ -21,7 +21,9 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params(args.params)
 
-    from cxrgen.evaluate import run_evaluate  # TensorFlow loads here, after the arguments are checked
+    from cxrgen.evaluation.evaluate import (
+        run_evaluate,  # TensorFlow loads here, after the arguments are checked
+    )
 
     metrics = run_evaluate(
         args.model, params, f"models/{args.model}.keras", args.prepared, args.features, args.floors,

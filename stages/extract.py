@@ -3,8 +3,8 @@
 import argparse
 from pathlib import Path
 
-from cxrgen.archives import write_json_atomic
-from cxrgen.extract import extract, projection_accuracy, projection_truth
+from cxrgen.data.extract import extract, projection_accuracy, projection_truth
+from cxrgen.files import write_json_atomic
 from cxrgen.params import load_params
 from cxrgen.stage import run_stage
 from cxrgen.tables import write_parquet

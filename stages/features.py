@@ -8,9 +8,9 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from cxrgen.features import run_features  # noqa: E402
+from cxrgen.data.split import SPLITS  # noqa: E402
+from cxrgen.features.densenet import run_features  # noqa: E402
 from cxrgen.params import load_params  # noqa: E402
-from cxrgen.split import SPLITS  # noqa: E402
 from cxrgen.stage import run_stage  # noqa: E402
 
 

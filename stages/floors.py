@@ -5,7 +5,7 @@ Reads params `evaluate` only (not `decode`, not the models): floors do not chang
 
 import argparse
 
-from cxrgen.evaluate import run_floors
+from cxrgen.evaluation.evaluate import run_floors
 from cxrgen.params import load_params
 from cxrgen.stage import run_stage
 

@@ -9,9 +9,9 @@ import argparse
 import json
 from pathlib import Path
 
-from cxrgen.archives import write_json_atomic
+from cxrgen.data.labeler import LABELER_VERSION, agreement_with_mesh
 from cxrgen.errors import BadInput
-from cxrgen.labeler import LABELER_VERSION, agreement_with_mesh
+from cxrgen.files import write_json_atomic
 from cxrgen.params import load_params
 from cxrgen.stage import run_stage
 from cxrgen.tables import read_parquet
@@ -29,7 +29,8 @@ def _agreement(reports) -> dict:
 
 def _sample_reports(sample_dir: Path):
     import pandas as pd
-    from cxrgen.extract import REPORT_COLUMNS, parse_report_xml
+
+    from cxrgen.data.extract import REPORT_COLUMNS, parse_report_xml
 
     rows = []
     for path in sorted((sample_dir / "ecgen-radiology").glob("*.xml")):

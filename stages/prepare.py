@@ -4,9 +4,9 @@ import argparse
 import json
 from pathlib import Path
 
-from cxrgen.archives import write_json_atomic
+from cxrgen.data.prepare import length_histogram, length_stats, prepare, save_arrays
+from cxrgen.files import write_json_atomic
 from cxrgen.params import load_params
-from cxrgen.prepare import length_histogram, length_stats, prepare, save_arrays
 from cxrgen.stage import run_stage
 from cxrgen.tables import read_parquet, write_parquet
 

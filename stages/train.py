@@ -25,7 +25,9 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params(args.params)
 
-    from cxrgen.train import train  # TensorFlow loads here, after the arguments are checked
+    from cxrgen.modeling.train import (
+        train,  # TensorFlow loads here, after the arguments are checked
+    )
 
     metrics = train(
         args.model, params, args.features, args.prepared,

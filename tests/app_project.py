@@ -5,7 +5,7 @@
   data/prepared/vocab.json         + studies.parquet (train / val reports of a small grammar)
   data/features/features.json      as the features stage writes it (random weights, seed, 7x7 grid)
   data/features/features_*.npz     learnable stand-in features with DenseNet121's shapes (1024 channels)
-  models/{baseline,attention}.keras, metrics/train_{baseline,attention}.json  (cxrgen.train.train)
+  models/{baseline,attention}.keras, metrics/train_{baseline,attention}.json  (cxrgen.modeling.train.train)
   metrics/data.json                data source "synthetic", the random split
 The reports mix positive, negative and uncertain statements, so the labeler has something to find.
 
@@ -53,10 +53,10 @@ def make_studies(count: int, rng: np.random.Generator) -> tuple[np.ndarray, list
 
 
 def build_project(root: str | Path) -> Path:
+    from cxrgen.data.text import tokenize
+    from cxrgen.data.vocab import build_vocab
+    from cxrgen.modeling.train import train
     from cxrgen.tables import write_parquet
-    from cxrgen.text import tokenize
-    from cxrgen.train import train
-    from cxrgen.vocab import build_vocab
 
     root = Path(root)
     prepared, features, metrics = root / "data/prepared", root / "data/features", root / "metrics"
@@ -119,7 +119,7 @@ def xray_png(projection: str = "frontal", width: int = 256, height: int = 300, s
     ("L", "I;16", "RGB", "RGBA", "P")."""
     from PIL import Image
 
-    from cxrgen.sources.synthetic import draw_png
+    from cxrgen.data.sources.synthetic import draw_png
 
     findings = [{"finding": "cardiomegaly", "severity": "moderate"}] if findings is None else findings
     data = draw_png((seed, 7, 0 if projection == "frontal" else 1, findings, projection, width, height))

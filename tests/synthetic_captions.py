@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxrgen.data.text import tokenize
+from cxrgen.data.vocab import build_vocab
 from cxrgen.tables import write_parquet
-from cxrgen.text import tokenize
-from cxrgen.vocab import build_vocab
 
 FEATURE_DIM = 16
 SIZES = {

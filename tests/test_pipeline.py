@@ -202,7 +202,7 @@ def _metrics(repo: Path, name: str) -> dict:
 
 
 def test_both_models_trained_with_their_blank_image_control(synthetic_repo: Path):
-    from cxrgen.models import load_model
+    from cxrgen.modeling.models import load_model
 
     for name in ("baseline", "attention"):
         train = _metrics(synthetic_repo, f"train_{name}")

@@ -7,8 +7,8 @@ import os
 import platform
 from pathlib import Path
 
-from .archives import write_json_atomic
-from .errors import BadInput
+from cxrgen.errors import BadInput
+from cxrgen.files import write_json_atomic
 
 
 def describe_machine() -> dict:

@@ -20,3 +20,7 @@ class BadInput(CxrgenError):
 
 class SourceUnavailable(CxrgenError):
     """A download source could not deliver (no network, no peer, missing path); try the next one."""
+
+
+class ScoringInputError(CxrgenError, ValueError):
+    """Texts or label matrices that cannot be scored (the message says which and why)."""

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import BadInput
+from cxrgen.errors import BadInput
 
 
 def load_params(path: str | Path = "params.yaml") -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-from .errors import CxrgenError
+from cxrgen.errors import CxrgenError
 
 
 def run_stage(name: str, main: Callable[[], None]) -> None:

@@ -8,7 +8,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .archives import atomic_path
+from cxrgen.files import atomic_path
 
 
 def write_parquet(df: pd.DataFrame, path: str | Path, schema: pa.Schema | None = None) -> None:

@@ -1,0 +1,218 @@
+"""The `prepare` stage: extracted tables → what every model trains on.
+
+For each report: the target text (params `text.target`), cleaned (`text.scheme`), a split
+(`split.method`), two views (frontal first, see pairs.py) decoded to `image.size` squares. Outputs:
+- studies.parquet: one row per kept study, in split then report-number order;
+- images_<split>.npy: uint8 array (studies, 2, size, size), rows aligned with studies.parquet;
+- vocab.json: built from the train split only.
+Every input left out is counted with a named reason; too many bad inputs stop the stage.
+"""
+
+from __future__ import annotations
+
+import sys
+import tarfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from cxrgen.data.images import decode_png
+from cxrgen.data.pairs import choose_views
+from cxrgen.data.split import SPLITS, split_r2gen, split_random
+from cxrgen.data.text import clean, target_text, tokenize
+from cxrgen.data.vocab import Vocab, build_vocab
+from cxrgen.errors import BadInput, CxrgenError
+from cxrgen.files import atomic_path
+
+STUDY_COLUMNS = [
+    "report_id", "split", "text", "n_tokens", "first_image", "second_image", "single_view",
+    "n_images", "mesh_major",
+]
+
+
+@dataclass
+class Counts:
+    """Counts at every step and every input left out, by reason (goes to metrics/data.json)."""
+
+    steps: dict[str, int] = field(default_factory=dict)
+    dropped: Counter = field(default_factory=Counter)
+
+    def drop(self, reason: str, where: str, warn: bool = True) -> None:
+        self.dropped[reason] += 1
+        if warn:
+            print(f"prepare: warning: left out {where}: {reason}", file=sys.stderr)
+
+
+@dataclass
+class Prepared:
+    studies: pd.DataFrame
+    arrays: dict[str, np.ndarray]
+    vocab: Vocab
+    counts: Counts
+    split_info: dict
+
+
+def _report_key(report_id: str) -> tuple[int, str]:
+    digits = report_id.removeprefix("CXR")
+    return (int(digits), report_id) if digits.isdigit() else (sys.maxsize, report_id)
+
+
+def _decode_images(raw_dir: Path, images: pd.DataFrame, size: int, counts: Counts) -> dict[str, np.ndarray]:
+    """Decode the listed images, one sequential pass per archive (a .tgz has no random access)."""
+    decoded: dict[str, np.ndarray] = {}
+    for archive, group in images.groupby("archive", sort=True):
+        by_member = dict(zip(group["member"], group["image_id"]))
+        bar = tqdm(total=len(by_member), desc=f"decoding {archive}", unit=" img", file=sys.stderr,
+                   mininterval=2)
+        with tarfile.open(raw_dir / archive, "r:*") as tar:
+            for member in tar:
+                image_id = by_member.get(member.name)
+                if image_id is None or not member.isfile():
+                    continue
+                try:
+                    decoded[image_id] = decode_png(tar.extractfile(member).read(), size)
+                except ValueError as exc:
+                    counts.drop(f"image: {str(exc).split(' (')[0]}", f"{archive}:{member.name}")
+                bar.update()
+        bar.close()
+    return decoded
+
+
+def assign_splits(report_ids: list[str], split_params: dict, counts: Counts) -> tuple[dict, dict]:
+    method = split_params.get("method", "random")
+    if method == "random":
+        fractions = split_params.get("fractions")
+        assignment = split_random(report_ids, fractions, split_params.get("seed", 0))
+        return assignment, {"method": "random", "seed": split_params.get("seed", 0), "fractions": fractions}
+    if method == "r2gen":
+        annotation = split_params.get("annotation")
+        if not annotation:
+            raise BadInput("params.yaml", "split.method r2gen needs split.annotation (path to annotation.json)")
+        assignment, info = split_r2gen(report_ids, annotation)
+        for report_id, split in assignment.items():
+            if split is None:
+                counts.drop("not in the R2Gen split", report_id, warn=False)
+        return assignment, {"method": "r2gen", **info}
+    raise BadInput("params.yaml", f"split.method must be random or r2gen, not {method!r}")
+
+
+def prepare(reports: pd.DataFrame, images: pd.DataFrame, raw_dir: str | Path, params: dict,
+            extract_skipped: dict[str, int] | None = None) -> Prepared:
+    raw_dir = Path(raw_dir)
+    text_p, split_p, image_p, vocab_p = (params[k] for k in ("text", "split", "image", "vocab"))
+    counts = Counts()
+    for reason, n in (extract_skipped or {}).items():
+        counts.dropped[reason] += n
+    counts.steps["reports"] = len(reports)
+    counts.steps["images_listed"] = len(images)
+
+    texts = {}
+    for row in reports.itertuples(index=False):
+        raw = target_text(row.findings, row.impression, text_p["target"])
+        cleaned = clean(raw, text_p["scheme"]) if raw is not None else ""
+        if not tokenize(cleaned) or set(tokenize(cleaned)) <= {"."}:
+            counts.drop(f"no {text_p['target']} text", row.report_id, warn=False)
+            continue
+        texts[row.report_id] = cleaned
+    counts.steps["reports_with_target_text"] = len(texts)
+
+    usable = images[images["report_id"].isin(texts)]
+    for row in usable[usable["problem"].notna()].itertuples(index=False):
+        counts.drop(f"image: {row.problem}", f"{row.archive}:{row.member}")
+    usable = usable[usable["problem"].isna()]
+    decoded = _decode_images(raw_dir, usable, int(image_p["size"]), counts)
+    counts.steps["images_decoded"] = len(decoded)
+
+    mesh = dict(zip(reports["report_id"], reports["mesh_major"]))
+    pairs = {}
+    # One pass over the images (a mask per report is quadratic: minutes at the full collection's size).
+    available = usable[usable["image_id"].isin(decoded)]
+    views_by_report = {report_id: list(zip(group["position"], group["image_id"], group["projection"]))
+                       for report_id, group in available.groupby("report_id", sort=False)}
+    for report_id in sorted(texts, key=_report_key):
+        pair = choose_views(views_by_report.get(report_id, []))
+        if pair is None:
+            counts.drop("no usable image", report_id, warn=False)
+            continue
+        pairs[report_id] = pair
+    counts.steps["studies_with_two_views"] = sum(not p.single_view for p in pairs.values())
+    counts.steps["studies_single_view_used_twice"] = sum(p.single_view for p in pairs.values())
+    counts.steps["studies_with_more_than_two_images"] = sum(p.n_usable > 2 for p in pairs.values())
+
+    assignment, split_info = assign_splits(sorted(pairs, key=_report_key), split_p, counts)
+    rows = []
+    for report_id, pair in pairs.items():
+        split = assignment.get(report_id)
+        if split is None:
+            continue
+        rows.append({
+            "report_id": report_id, "split": split, "text": texts[report_id],
+            "n_tokens": len(tokenize(texts[report_id])), "first_image": pair.first,
+            "second_image": pair.second, "single_view": pair.single_view, "n_images": pair.n_usable,
+            "mesh_major": [str(term) for term in mesh.get(report_id, [])],
+        })
+    studies = pd.DataFrame(rows, columns=STUDY_COLUMNS)
+    studies["split_order"] = studies["split"].map(SPLITS.index)
+    studies["report_order"] = studies["report_id"].map(_report_key)
+    studies = studies.sort_values(["split_order", "report_order"]).drop(
+        columns=["split_order", "report_order"]).reset_index(drop=True)
+    for split in SPLITS:
+        counts.steps[f"studies_{split}"] = int((studies["split"] == split).sum())
+
+    bad = sum(counts.dropped[r] for r in counts.dropped if r.startswith(("image:", "report:")))
+    # Inputs = every report file and every image a report lists, including those extract left out.
+    inputs = len(reports) + len(images) + sum((extract_skipped or {}).values())
+    max_bad = float(params.get("prepare", {}).get("max_bad_fraction", 0.05))
+    if inputs and bad / inputs > max_bad:
+        summary = ", ".join(f"{reason}: {n}" for reason, n in sorted(counts.dropped.items()))
+        raise CxrgenError(
+            f"{bad} of {inputs} inputs are bad ({bad / inputs:.1%} > prepare.max_bad_fraction "
+            f"{max_bad:.0%}): {summary}")
+    if (studies["split"] == "train").sum() == 0:
+        raise CxrgenError("no training study left after preparation; see the counts above")
+
+    arrays = {}
+    for split in SPLITS:
+        part = studies[studies["split"] == split]
+        size = int(image_p["size"])
+        array = np.zeros((len(part), 2, size, size), dtype=np.uint8)
+        for i, row in enumerate(part.itertuples(index=False)):
+            array[i, 0], array[i, 1] = decoded[row.first_image], decoded[row.second_image]
+        arrays[split] = array
+
+    train_tokens = [tokenize(t) for t in studies.loc[studies["split"] == "train", "text"]]
+    vocab = build_vocab(train_tokens, int(vocab_p["min_count"]), int(vocab_p["max_len"]))
+    return Prepared(studies, arrays, vocab, counts, split_info)
+
+
+def save_arrays(arrays: dict[str, np.ndarray], out_dir: Path) -> None:
+    for split, array in arrays.items():
+        with atomic_path(out_dir / f"images_{split}.npy") as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, array, allow_pickle=False)
+
+
+def length_stats(studies: pd.DataFrame) -> dict:
+    lengths = studies["n_tokens"].to_numpy()
+    if lengths.size == 0:
+        return {}
+    return {f"p{q}": round(float(np.percentile(lengths, q)), 2) for q in (5, 25, 50, 75, 95, 99)} | {
+        "max": int(lengths.max()), "mean": round(float(lengths.mean()), 2)}
+
+
+def length_histogram(studies: pd.DataFrame, bin_width: int = 5) -> list[dict]:
+    """Studies per report length bin and split, for a DVC bar plot."""
+    rows = []
+    if studies.empty:
+        return rows
+    top = int(studies["n_tokens"].max()) // bin_width + 1
+    for split in SPLITS:
+        lengths = studies.loc[studies["split"] == split, "n_tokens"]
+        hist = np.bincount(lengths // bin_width, minlength=top)
+        rows += [{"split": split, "tokens": f"{b * bin_width:03d}-{b * bin_width + bin_width - 1:03d}",
+                  "studies": int(n)} for b, n in enumerate(hist)]
+    return rows

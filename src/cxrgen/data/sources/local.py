@@ -1,0 +1,418 @@
+"""Source `local`: IU X-ray data the user already has, at download.local.path.
+
+The path is a folder (or a file, whose folder is then used). What it holds is detected, first
+match wins:
+
+  nlmcxr  the two original archives NLMCXR_png.tgz and NLMCXR_reports.tgz (also named .tar.gz or
+          .tar): each is checked and copied as it is under the standard name (so a plain tar may
+          sit under the .tgz name; every reader opens them with tarfile mode "r:*");
+          or, per kind, the extracted form: an ecgen-radiology/ folder of XML reports and a folder
+          of CXR*.png images (the folder itself, or one or two levels down), packed into the
+          standard names (images at the archive's top level, reports under ecgen-radiology/).
+  r2gen   R2Gen's annotation.json + images/<id>/<n>.png (here or one folder down), packed into
+          r2gen.tar: members annotation.json and images/<id>/<n>.png.
+  kaggle  indiana_reports.csv + indiana_projections.csv + a folder of the PNGs the projections
+          file names (e.g. images/images_normalized/), packed into kaggle.tar: members
+          indiana_reports.csv, indiana_projections.csv and images/<file name>.
+
+Packing is deterministic: members sorted by name, no times or owners (deterministic_tarinfo),
+gzip with mtime 0 and no file name, so the same input gives the same bytes. Every archive placed
+in raw_dir passed check_archive and has its size/sha256 sidecar. The record names files relative
+to the given folder only, so it does not depend on where the user keeps the data.
+
+cfg (params.yaml download.local):
+  path: null    the folder (or a file in it); null means this source is not configured
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import gzip
+import hashlib
+import json
+import os
+import re
+import sys
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from cxrgen.data.archives import (
+    ARCHIVES,
+    REPORTS_FOLDER,
+    check_archive,
+    deterministic_tarinfo,
+    sidecar_path,
+    write_sidecar,
+)
+from cxrgen.errors import BadInput, SourceUnavailable
+from cxrgen.files import CHUNK, atomic_path
+
+ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar")
+R2GEN_BUNDLE = "r2gen.tar"
+KAGGLE_BUNDLE = "kaggle.tar"
+KAGGLE_REPORTS = "indiana_reports.csv"
+KAGGLE_PROJECTIONS = "indiana_projections.csv"
+KAGGLE_COLUMNS = {
+    KAGGLE_REPORTS: {"uid", "findings", "impression"},
+    KAGGLE_PROJECTIONS: {"uid", "filename", "projection"},
+}
+R2GEN_ANNOTATION = "annotation.json"
+R2GEN_SPLITS = ("train", "val", "test")
+NLMCXR_PNG_NAME = re.compile(r"CXR\d+_.*\.png", re.IGNORECASE)
+GZIP_LEVEL = 1  # PNGs are already compressed: level 1 is several times faster and barely larger
+SEARCH_DEPTH = 2  # how many folder levels below the given one are searched
+
+LOOKED_FOR = (
+    "looked for NLMCXR_png.tgz + NLMCXR_reports.tgz (or .tar.gz / .tar), "
+    f"an {REPORTS_FOLDER}/ folder of XML reports + a folder of CXR*.png images, "
+    f"R2Gen's {R2GEN_ANNOTATION} + images/<id>/0.png, "
+    f"or Kaggle's {KAGGLE_REPORTS} + {KAGGLE_PROJECTIONS} + a folder of their PNGs"
+)
+
+
+# -- looking around the user's folder -----------------------------------------------------------
+
+
+def _folders(root: Path, depth: int = SEARCH_DEPTH) -> list[Path]:
+    """root and its sub-folders down to `depth` levels, sorted, hidden ones skipped."""
+    found, level = [root], [root]
+    for _ in range(depth):
+        below = []
+        for folder in level:
+            with contextlib.suppress(OSError):
+                below += sorted(
+                    Path(e.path) for e in os.scandir(folder) if e.is_dir() and not e.name.startswith(".")
+                )
+        found += below
+        level = below
+    return found
+
+
+def _files(folder: Path, suffix: str) -> list[Path]:
+    """Regular files (or links to them) directly in `folder` whose name ends with `suffix`."""
+    with os.scandir(folder) as entries:
+        return sorted(
+            Path(e.path) for e in entries if e.name.lower().endswith(suffix) and e.is_file()
+        )
+
+
+def _relative(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix() if path != root else "."
+
+
+def _find_archive(root: Path, kind: str) -> Path | None:
+    stem = ARCHIVES[kind].removesuffix(".tgz")
+    for suffix in ARCHIVE_SUFFIXES:
+        if (root / f"{stem}{suffix}").is_file():
+            return root / f"{stem}{suffix}"
+    return None
+
+
+def _find_reports_folder(root: Path) -> Path | None:
+    """The first ecgen-radiology/ folder holding XML files, else the first one at all."""
+    named = [folder for folder in _folders(root) if folder.name == REPORTS_FOLDER]
+    return next((folder for folder in named if _files(folder, ".xml")), named[0] if named else None)
+
+
+def _png_folders(root: Path, keep=lambda name: True) -> dict[Path, list[Path]]:
+    """Folders (root and below) holding PNGs whose names pass `keep`, with those PNGs."""
+    out = {}
+    for folder in _folders(root):
+        pngs = [p for p in _files(folder, ".png") if keep(p.name)]
+        if pngs:
+            out[folder] = pngs
+    return out
+
+
+def _one_folder(root: Path, candidates: dict[Path, list[Path]], what: str) -> tuple[Path, list[Path]]:
+    if len(candidates) > 1:
+        listed = ", ".join(f"{_relative(f, root)}/ ({len(p)})" for f, p in candidates.items())
+        raise BadInput(
+            root, f"several folders of {what}: {listed}; point download.local.path at the one to use"
+        )
+    return next(iter(candidates.items()))
+
+
+# -- the layouts: each returns a plan or says what it is missing --------------------------------
+
+
+@dataclass
+class Plan:
+    layout: str
+    copies: dict[str, Path] = field(default_factory=dict)  # kind -> user's archive, copied as is
+    packs: dict[str, list[tuple[str, Path]]] = field(default_factory=dict)  # file -> members
+    origin: dict = field(default_factory=dict)  # what was found, relative to the given folder
+    notes: dict = field(default_factory=dict)
+
+
+class _Missing(Exception):
+    """A layout partly present: the message says what was found and what is missing."""
+
+
+def _plan_nlmcxr(root: Path) -> Plan | None:
+    archives = {kind: _find_archive(root, kind) for kind in ARCHIVES}
+    reports_folder = None if archives["reports"] else _find_reports_folder(root)
+    if not (archives["images"] or archives["reports"] or reports_folder):
+        return None  # nothing of this layout: let the others try
+    if reports_folder and not _files(reports_folder, ".xml"):
+        raise _Missing(f"found {_relative(reports_folder, root)}/ but it holds no .xml reports")
+    image_folders = {} if archives["images"] else _png_folders(root, NLMCXR_PNG_NAME.fullmatch)
+    have_images = archives["images"] or image_folders
+    have_reports = archives["reports"] or reports_folder
+    if not have_images:
+        raise _Missing(
+            f"found {_relative(archives['reports'] or reports_folder, root)} but no images: looked for "
+            f"{ARCHIVES['images']} (or .tar.gz / .tar) or a folder of CXR*.png files"
+        )
+    if not have_reports:
+        raise _Missing(
+            f"found {_relative(archives['images'], root)} but no reports: looked for "
+            f"{ARCHIVES['reports']} (or .tar.gz / .tar) or an {REPORTS_FOLDER}/ folder of .xml files"
+        )
+    plan = Plan("nlmcxr")
+    for kind, archive in archives.items():
+        if archive:
+            plan.copies[kind] = archive
+            plan.origin[kind] = {"archive": _relative(archive, root)}
+    if not archives["images"]:
+        folder, pngs = _one_folder(root, image_folders, "CXR*.png images")
+        plan.packs[ARCHIVES["images"]] = [(p.name, p) for p in pngs]
+        plan.origin["images"] = {"folder": _relative(folder, root), "files": len(pngs)}
+    if not archives["reports"]:
+        xmls = _files(reports_folder, ".xml")
+        plan.packs[ARCHIVES["reports"]] = [(f"{REPORTS_FOLDER}/{p.name}", p) for p in xmls]
+        plan.origin["reports"] = {"folder": _relative(reports_folder, root), "files": len(xmls)}
+    return plan
+
+
+def _plan_r2gen(root: Path) -> Plan | None:
+    found = [f / R2GEN_ANNOTATION for f in _folders(root, 1) if (f / R2GEN_ANNOTATION).is_file()]
+    if not found:
+        return None
+    annotation = found[0]
+    images = annotation.parent / "images"
+    if not images.is_dir():
+        raise _Missing(f"found {_relative(annotation, root)} but no images/ folder beside it")
+    try:
+        data = json.loads(annotation.read_text(encoding="utf-8"))
+        listed = {p for split in R2GEN_SPLITS for entry in data.get(split, []) for p in entry["image_path"]}
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadInput(annotation, f"not valid JSON ({exc})") from None
+    except (AttributeError, TypeError, KeyError):
+        expected = '{"train": [{"id", "report", "image_path"}, ...], "val": [...], "test": [...]}'
+        raise BadInput(annotation, f"not an R2Gen split file: expected {expected}") from None
+    pngs = [p for folder in _folders(images, 1)[1:] for p in _files(folder, ".png")]
+    present = {p.relative_to(images).as_posix() for p in pngs}
+    missing = sorted(listed - present)
+    if listed and len(missing) == len(listed):
+        raise BadInput(
+            images, f"none of the {len(listed)} images {annotation.name} lists is here (e.g. {missing[0]})"
+        )
+    if not pngs:
+        raise BadInput(images, "no <id>/<n>.png images in it")
+    plan = Plan(R2GEN_BUNDLE.removesuffix(".tar"))
+    plan.packs[R2GEN_BUNDLE] = [(R2GEN_ANNOTATION, annotation)] + [
+        (f"images/{p.relative_to(images).as_posix()}", p) for p in pngs
+    ]
+    plan.origin = {
+        "annotation": _relative(annotation, root),
+        "images": {"folder": _relative(images, root), "files": len(pngs)},
+    }
+    plan.notes = {
+        "studies": {split: len(data.get(split, [])) for split in R2GEN_SPLITS},
+        "listed_images_missing": len(missing),
+    }
+    return plan
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[dict]]:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            return list(reader.fieldnames or []), rows
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise BadInput(path, f"not a readable UTF-8 CSV file ({exc})") from None
+
+
+def _plan_kaggle(root: Path) -> Plan | None:
+    found = [f for f in _folders(root, 1) if any((f / name).is_file() for name in KAGGLE_COLUMNS)]
+    if not found:
+        return None
+    folder = found[0]
+    tables = {name: folder / name for name in KAGGLE_COLUMNS}
+    absent = [name for name, path in tables.items() if not path.is_file()]
+    if absent:
+        raise _Missing(f"found the Kaggle tables in {_relative(folder, root)}/ but not {', '.join(absent)}")
+    rows = {}
+    for name, path in tables.items():
+        columns, rows[name] = _read_csv(path)
+        if not KAGGLE_COLUMNS[name] <= set(columns):
+            wanted_columns = ", ".join(sorted(KAGGLE_COLUMNS[name]))
+            raise BadInput(path, f"expected columns {wanted_columns}; found {', '.join(columns) or 'none'}")
+    wanted = {row["filename"] for row in rows[KAGGLE_PROJECTIONS] if row.get("filename")}
+    candidates = _png_folders(folder)
+    # The right folder is the one holding the files the projections table names.
+    hits = {f: len(wanted & {p.name for p in pngs}) for f, pngs in candidates.items()}
+    best = max(hits.values(), default=0)
+    if best == 0:
+        raise _Missing(
+            f"found {KAGGLE_REPORTS} + {KAGGLE_PROJECTIONS} but no folder holding the PNGs "
+            f"{KAGGLE_PROJECTIONS} names (e.g. {min(wanted) if wanted else 'none listed'})"
+        )
+    best_folders = {f: candidates[f] for f, n in hits.items() if n == best}
+    image_folder, pngs = _one_folder(root, best_folders, "Kaggle PNGs")
+    plan = Plan(KAGGLE_BUNDLE.removesuffix(".tar"))
+    plan.packs[KAGGLE_BUNDLE] = list(tables.items()) + [(f"images/{p.name}", p) for p in pngs]
+    plan.origin = {
+        **{name.removesuffix(".csv"): _relative(path, root) for name, path in tables.items()},
+        "images": {"folder": _relative(image_folder, root), "files": len(pngs)},
+    }
+    plan.notes = {"reports": len(rows[KAGGLE_REPORTS]), "listed_images_missing": len(wanted) - best}
+    return plan
+
+
+LAYOUTS = (_plan_nlmcxr, _plan_r2gen, _plan_kaggle)
+
+
+def _plan(root: Path) -> Plan:
+    partial = []
+    for detect in LAYOUTS:
+        try:
+            plan = detect(root)
+        except _Missing as exc:
+            partial.append(str(exc))
+            continue
+        if plan is not None:
+            return plan
+    if partial:
+        raise BadInput(root, "; ".join(partial))
+    raise BadInput(root, f"no IU X-ray data found: {LOOKED_FOR}")
+
+
+# -- writing into raw_dir -----------------------------------------------------------------------
+
+
+def _bar(desc: str, total: int) -> tqdm:
+    return tqdm(
+        total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
+        file=sys.stderr, mininterval=0.5, dynamic_ncols=True,
+    )
+
+
+class _HashingWriter:
+    """A write-only file that hashes what passes through, so the output is not read again."""
+
+    def __init__(self, out):
+        self.out, self.digest, self.position = out, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        self.position += len(data)
+        return self.out.write(data)
+
+    def tell(self) -> int:  # tarfile asks where it is
+        return self.position
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
+def _copy(source: Path, dest: Path) -> str:
+    """Copy with a progress bar; returns the sha256 of the bytes written."""
+    with atomic_path(dest) as tmp, open(source, "rb") as src, open(tmp, "wb") as out:
+        hashing = _HashingWriter(out)
+        with _bar(f"copy {source.name}", source.stat().st_size) as bar:
+            while block := src.read(CHUNK):
+                hashing.write(block)
+                bar.update(len(block))
+    return hashing.digest.hexdigest()
+
+
+def _pack(members: list[tuple[str, Path]], dest: Path) -> str:
+    """Write members (name in the archive, file) as a deterministic tar, gzipped for .tgz names."""
+    members = sorted(members)
+    total = 0
+    for _, path in members:
+        try:
+            total += path.stat().st_size
+        except OSError as exc:
+            raise BadInput(path, f"cannot be read ({exc.strerror})") from None
+    with atomic_path(dest) as tmp, open(tmp, "wb") as out, contextlib.ExitStack() as stack:
+        hashing = _HashingWriter(out)
+        stream = hashing
+        if dest.name.endswith((".tgz", ".gz")):
+            # filename="" and mtime=0 keep the gzip header free of names and times
+            stream = stack.enter_context(
+                gzip.GzipFile(filename="", mode="wb", fileobj=hashing, compresslevel=GZIP_LEVEL, mtime=0)
+            )
+        tar = stack.enter_context(tarfile.open(fileobj=stream, mode="w", format=tarfile.PAX_FORMAT))
+        bar = stack.enter_context(_bar(f"pack {dest.name}", total))
+        for name, path in members:
+            try:
+                f = open(path, "rb")
+            except OSError as exc:
+                raise BadInput(path, f"cannot be read ({exc.strerror})") from None
+            with f:
+                # Images are packed as they are: a corrupt or empty PNG is the prepare stage's to
+                # skip and count, as it would be inside the original archive.
+                size = os.fstat(f.fileno()).st_size
+                tar.addfile(deterministic_tarinfo(name, size), f)
+            bar.update(size)
+    # ExitStack closed tar, then gzip (its trailer), before atomic_path renamed the file
+    return hashing.digest.hexdigest()
+
+
+def _root(cfg: dict) -> Path:
+    value = (cfg or {}).get("path")
+    if value is None or not str(value).strip():
+        raise SourceUnavailable("no path set (download.local.path)")
+    path = Path(str(value)).expanduser()
+    if not path.exists():
+        raise BadInput(path, "does not exist (download.local.path)")
+    return path if path.is_dir() else path.parent
+
+
+def fetch(cfg: dict, raw_dir: Path, cache_dir: Path) -> dict:
+    """Detect what is at download.local.path, check it, place the archives in raw_dir."""
+    root = _root(cfg)
+    raw_dir = Path(raw_dir)
+    plan = _plan(root)
+    for kind, archive in plan.copies.items():  # check before writing anything
+        check_archive(archive, kind)
+
+    placed: list[Path] = []
+    files, sha256, size = {}, {}, {}
+    try:
+        outputs = [(kind, ARCHIVES[kind], archive) for kind, archive in plan.copies.items()]
+        outputs += [(None, name, members) for name, members in plan.packs.items()]
+        for kind, name, what in outputs:
+            dest = raw_dir / name
+            placed += [dest, sidecar_path(dest)]
+            if isinstance(what, Path):
+                sha = _copy(what, dest)  # bytes of the user's archive, checked above
+            else:
+                sha = _pack(what, dest)
+                kind = next((k for k, n in ARCHIVES.items() if n == name), None)
+                check_archive(dest, kind)
+            info = write_sidecar(dest, sha)
+            label = kind or "bundle"
+            files[label], sha256[label], size[label] = name, info["sha256"], info["size"]
+    except BaseException:
+        for path in placed:  # nothing half-done stays in raw_dir
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        raise
+    return {
+        "source": "local",
+        "layout": plan.layout,
+        "files": dict(sorted(files.items())),
+        "from": plan.origin,
+        "sha256": dict(sorted(sha256.items())),
+        "size": dict(sorted(size.items())),
+        **plan.notes,
+    }

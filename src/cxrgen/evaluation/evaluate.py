@@ -1,0 +1,275 @@
+"""Scoring report generators and floors on the test split, the same way for every system.
+
+Every system (a model's greedy and beam output, the constant and retrieval floors) is scored by
+`score_system`: the literature's text metrics (cxrgen.evaluation.scores, pycocoevalcap-compatible) on the
+cleaned reports, and clinical correctness (cxrgen.data.labeler on generated vs reference report →
+precision / recall / F1 over the 14 CheXpert observations), each with bootstrap 95% intervals over
+test studies. A model's metrics also hold, for each floor, the paired bootstrap difference
+(model − floor) on every metric, so "beats the floor" is a statement with an interval.
+
+The test split is only read here: nothing in training or floor choice looks at it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from cxrgen.data import labeler
+from cxrgen.errors import BadInput
+from cxrgen.evaluation import floors, scores
+from cxrgen.files import read_json, write_json_atomic
+from cxrgen.params import with_defaults
+from cxrgen.tables import read_parquet, write_parquet
+
+EVALUATE_DEFAULTS = {"n_resamples": 1000, "seed": 0, "uncertain_as_positive": False, "batch_size": 64}
+MAIN_METRICS = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider", "micro_f1")
+FLOORS = ("constant", "retrieval")
+
+
+def evaluate_settings(params: dict) -> dict:
+    settings = with_defaults(params, "evaluate", EVALUATE_DEFAULTS)
+    for key in ("n_resamples", "batch_size"):
+        if not isinstance(settings[key], int) or settings[key] < 1:
+            raise BadInput("params.yaml", f"evaluate.{key} must be a positive integer, not {settings[key]!r}")
+    return settings
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+
+
+def _read_json(path: Path) -> dict:
+    return read_json(path, "not found (run the stages before evaluate)")
+
+
+def load_studies(prepared_dir: str | Path) -> pd.DataFrame:
+    path = Path(prepared_dir) / "studies.parquet"
+    if not path.exists():
+        raise BadInput(path, "not found (run the prepare stage)")
+    return read_parquet(path)
+
+
+def split_texts(studies: pd.DataFrame, split: str) -> tuple[list[str], list[str]]:
+    rows = studies[studies["split"] == split]
+    if rows.empty:
+        raise BadInput("studies.parquet", f"the {split} split is empty")
+    return rows["report_id"].tolist(), rows["text"].tolist()
+
+
+def provenance(data_metrics: dict, features_info: dict, train_metrics: dict | None = None) -> dict:
+    """What every number came from: data source, feature weights, split, seeds."""
+    record = {
+        "data_source": data_metrics.get("data_source"),
+        "weights": features_info.get("weights"),
+        "features_seed": features_info.get("seed"),
+        "split": data_metrics.get("split"),
+        "target": data_metrics.get("target"),
+        "cleaning": data_metrics.get("cleaning"),
+    }
+    if train_metrics is not None:
+        record["train_seed"] = train_metrics.get("train_seed")
+    return record
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring
+
+
+@dataclass
+class Scored:
+    texts: list[str]
+    labels: np.ndarray            # (n, 14) labeler output, nan = not mentioned
+    text: scores.TextScores
+    clinical: dict
+
+
+def score_system(texts: list[str], references: list[str], reference_labels: np.ndarray, settings: dict,
+                 meteor: scores.MeteorScorer) -> Scored:
+    labels = labeler.label_matrix(texts)
+    text = scores.text_metrics(texts, references, meteor=meteor)
+    clinical = scores.clinical_metrics(labels, reference_labels, labeler.OBSERVATIONS,
+                                       uncertain_as_positive=settings["uncertain_as_positive"])
+    return Scored(texts, labels, text, clinical)
+
+
+def summary(scored: Scored, settings: dict) -> dict:
+    """Point estimates, intervals, clinical detail and lengths of one system (JSON-ready)."""
+    intervals = scores.bootstrap(scored.text, scored.clinical, settings["n_resamples"], settings["seed"])
+    clinical = scores.json_ready(scored.clinical)
+    result = {**scores.json_ready(scored.text), "micro_f1": clinical["micro_f1"],
+              "micro_precision": clinical["micro_precision"], "micro_recall": clinical["micro_recall"],
+              "macro_f1": clinical["macro_f1"]}
+    for metric, interval in intervals.items():
+        if interval is not None:
+            result[f"{metric}_low"] = round(interval["low"], 6)
+            result[f"{metric}_high"] = round(interval["high"], 6)
+    lengths = np.array([len(t.split()) for t in scored.texts])
+    result["mean_tokens"] = round(float(lengths.mean()), 3) if len(lengths) else None
+    result["distinct_reports"] = len(set(scored.texts))
+    result["clinical"] = clinical
+    return {key: (round(value, 6) if isinstance(value, float) else value) for key, value in result.items()}
+
+
+def versus(a: Scored, b: Scored, settings: dict) -> dict:
+    """Paired bootstrap of a − b on every main metric: estimate, interval, and a plain verdict."""
+    diffs = scores.paired_difference(a.text, b.text, a.clinical, b.clinical,
+                                     settings["n_resamples"], settings["seed"])
+    out = {}
+    for metric in MAIN_METRICS:
+        d = diffs.get(metric)
+        if d is None:
+            out[metric] = None
+            continue
+        verdict = "better" if d["low"] > 0 else "worse" if d["high"] < 0 else "not distinguishable"
+        out[metric] = {"difference": round(d["estimate"], 6), "low": round(d["low"], 6),
+                       "high": round(d["high"], 6), "verdict": verdict}
+    return out
+
+
+def _label_lists(labels: np.ndarray) -> list[list[int | None]]:
+    return [[None if np.isnan(v) else int(v) for v in row] for row in labels]
+
+
+def write_predictions(path: str | Path, report_ids: list[str], references: list[str], reference_labels: np.ndarray,
+                      systems: dict[str, Scored]) -> None:
+    """One row per test study: reference and every system's report and labels (CheXpert order)."""
+    frame = {"report_id": report_ids, "reference": references, "labels_reference": _label_lists(reference_labels)}
+    fields = [pa.field("report_id", pa.string()), pa.field("reference", pa.string()),
+              pa.field("labels_reference", pa.list_(pa.int8()))]
+    for name, scored in systems.items():
+        frame[name] = scored.texts
+        frame[f"labels_{name}"] = _label_lists(scored.labels)
+        fields += [pa.field(name, pa.string()), pa.field(f"labels_{name}", pa.list_(pa.int8()))]
+    write_parquet(pd.DataFrame(frame), path, schema=pa.schema(fields))
+
+
+def f1_plot(scored: Scored) -> list[dict]:
+    """F1 per observation (observations no report states on either side are left out)."""
+    rows = []
+    for name in labeler.OBSERVATIONS:
+        entry = scored.clinical["per_observation"][name]
+        if entry["f1"] is not None:
+            rows.append({"observation": name, "f1": round(entry["f1"], 6), "support": entry["support"]})
+    return rows
+
+
+def length_plot(scored: Scored, references: list[str]) -> list[dict]:
+    return [{"reference_tokens": len(r.split()), "generated_tokens": len(t.split())}
+            for r, t in zip(references, scored.texts)]
+
+
+# ---------------------------------------------------------------------------------------------
+# The floors stage
+
+
+def _pooled(features_dir: Path, split: str) -> np.ndarray:
+    from cxrgen.modeling.train import (
+        load_features,  # (imports TensorFlow: the floors stage pays its start-up once)
+    )
+
+    return load_features(features_dir / f"features_{split}.npz", "pooled")
+
+
+def floor_reports(studies: pd.DataFrame, features_dir: str | Path) -> tuple[dict[str, list[str]], dict]:
+    features_dir = Path(features_dir)
+    _, train_texts = split_texts(studies, "train")
+    _, val_texts = split_texts(studies, "val")
+    _, test_texts = split_texts(studies, "test")
+    constant, val_bleu_4 = floors.constant_report(train_texts, val_texts)
+    retrieved = floors.retrieval_reports(_pooled(features_dir, "train"), train_texts, _pooled(features_dir, "test"))
+    chosen = {"constant_report": constant, "constant_val_bleu_4": round(val_bleu_4, 6),
+              "retrieval": "nearest training study by cosine of whitened pooled features (both views)"}
+    return {"constant": [constant] * len(test_texts), "retrieval": retrieved}, chosen
+
+
+def run_floors(prepared_dir: str | Path, features_dir: str | Path, params: dict, data_metrics_path: str | Path,
+               predictions_path: str | Path, metrics_path: str | Path) -> dict:
+    settings = evaluate_settings(params)
+    studies = load_studies(prepared_dir)
+    report_ids, references = split_texts(studies, "test")
+    reference_labels = labeler.label_matrix(references)
+    texts, chosen = floor_reports(studies, features_dir)
+    with scores.MeteorScorer() as meteor:
+        systems = {name: score_system(texts[name], references, reference_labels, settings, meteor)
+                   for name in FLOORS}
+    write_predictions(predictions_path, report_ids, references, reference_labels, systems)
+    metrics = {
+        **provenance(_read_json(Path(data_metrics_path)), _read_json(Path(features_dir) / "features.json")),
+        "test_studies": len(references),
+        "labeler": labeler.LABELER_VERSION,
+        **chosen,
+        **{name: summary(scored, settings) for name, scored in systems.items()},
+    }
+    write_json_atomic(metrics_path, metrics)
+    return metrics
+
+
+def load_floors(predictions_path: str | Path, report_ids: list[str]) -> dict[str, list[str]]:
+    table = read_parquet(predictions_path)
+    if table["report_id"].tolist() != report_ids:
+        raise BadInput(predictions_path, "its test studies differ from data/prepared's (rerun the floors stage)")
+    return {name: table[name].tolist() for name in FLOORS}
+
+
+# ---------------------------------------------------------------------------------------------
+# The evaluate stage (one model)
+
+
+def run_evaluate(model_name: str, params: dict, model_path: str | Path, prepared_dir: str | Path,
+                 features_dir: str | Path, floors_path: str | Path, data_metrics_path: str | Path,
+                 train_metrics_path: str | Path, predictions_path: str | Path, metrics_path: str | Path,
+                 plots_dir: str | Path) -> dict:
+    from cxrgen.data.vocab import Vocab
+    from cxrgen.modeling.decode import DecodeSettings, beam_search, greedy
+    from cxrgen.modeling.models import load_model
+    from cxrgen.modeling.train import load_features
+
+    settings = evaluate_settings(params)
+    decode = DecodeSettings.from_params(params)
+    prepared_dir, features_dir, plots_dir = Path(prepared_dir), Path(features_dir), Path(plots_dir)
+    studies = load_studies(prepared_dir)
+    report_ids, references = split_texts(studies, "test")
+    vocab = Vocab.load(prepared_dir / "vocab.json")
+    model = load_model(model_path)
+    features = load_features(features_dir / "features_test.npz", model.feature_key)
+    if len(features) != len(report_ids):
+        raise BadInput(features_dir / "features_test.npz",
+                       f"{len(features)} rows but {len(report_ids)} test studies (rerun the features stage)")
+
+    decoded = {
+        "greedy": greedy(model, features, decode.max_len, decode.no_repeat_ngram, settings["batch_size"]),
+        "beam": beam_search(model, features, decode, settings["batch_size"]),
+    }
+    texts = {name: d.texts(vocab) for name, d in decoded.items()}
+    texts.update(load_floors(floors_path, report_ids))
+    reference_labels = labeler.label_matrix(references)
+    with scores.MeteorScorer() as meteor:
+        systems = {name: score_system(t, references, reference_labels, settings, meteor) for name, t in texts.items()}
+
+    data_metrics = _read_json(Path(data_metrics_path))
+    metrics = {
+        "model": model_name,
+        **provenance(data_metrics, _read_json(features_dir / "features.json"), _read_json(Path(train_metrics_path))),
+        "decode": {"beam_width": decode.beam_width, "length_penalty": decode.length_penalty,
+                   "no_repeat_ngram": decode.no_repeat_ngram, "max_len": decode.max_len},
+        "test_studies": len(references),
+        "labeler": labeler.LABELER_VERSION,
+        "bootstrap": {"n_resamples": settings["n_resamples"], "seed": settings["seed"]},
+        "greedy": summary(systems["greedy"], settings),
+        "beam": summary(systems["beam"], settings),
+    }
+    for decoding in ("greedy", "beam"):
+        for floor in FLOORS:
+            metrics[f"{decoding}_vs_{floor}"] = versus(systems[decoding], systems[floor], settings)
+
+    write_predictions(predictions_path, report_ids, references, reference_labels,
+                      {name: systems[name] for name in ("greedy", "beam")})
+    write_json_atomic(plots_dir / f"f1_{model_name}.json", f1_plot(systems["beam"]))
+    write_json_atomic(plots_dir / f"length_{model_name}.json", length_plot(systems["beam"], references))
+    write_json_atomic(metrics_path, metrics)
+    return metrics

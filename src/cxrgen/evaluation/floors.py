@@ -1,0 +1,59 @@
+"""Floors: what a report generator must beat, made from the training split alone.
+
+On IU X-ray one fixed normal report scores like a published model on BLEU (REFERENCE.md), so every
+model is shown beside:
+
+`constant`   the one training report that scores the best corpus BLEU-4 on the val split, written
+             for every test study (chosen on val, never on test);
+`retrieval`  for each test study, the report of the training study whose image features are
+             nearest (cosine similarity of the two views' pooled vectors, whitened with the
+             training statistics as the models whiten them): a model that only copies the closest
+             training case.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cxrgen.evaluation import scores
+from cxrgen.modeling.whitening import whitening_transform
+
+
+def constant_report(train_texts: list[str], val_texts: list[str]) -> tuple[str, float]:
+    """The training report with the best corpus BLEU-4 on val, and that score.
+
+    Each distinct training report is tried once; ties go to the most frequent, then the
+    alphabetically first, so the choice does not depend on row order.
+    """
+    if not train_texts or not val_texts:
+        raise ValueError("the constant floor needs training and val reports")
+    counts: dict[str, int] = {}
+    for text in train_texts:
+        counts[text] = counts.get(text, 0) + 1
+    candidates = sorted(counts, key=lambda t: (-counts[t], t))
+    best_text, best_score = candidates[0], -1.0
+    for text in candidates:
+        totals = scores.bleu_statistics([text] * len(val_texts), val_texts).sum(axis=0)
+        score = float(scores.bleu_from_totals(totals)[3])
+        if score > best_score + 1e-12:
+            best_text, best_score = text, score
+    return best_text, float(best_score)
+
+
+def _whitened_views(pooled: np.ndarray, mean: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """(N, 2, F) → (N, 2F), each view whitened and scaled to unit length, so both views weigh the same."""
+    views = (np.asarray(pooled, np.float64) - mean) @ matrix
+    views /= np.maximum(np.linalg.norm(views, axis=-1, keepdims=True), 1e-12)
+    return views.reshape(len(views), -1)
+
+
+def nearest_training_study(train_pooled: np.ndarray, query_pooled: np.ndarray) -> np.ndarray:
+    """Index into the training studies of each query's nearest neighbour (ties: the lowest index)."""
+    mean, matrix = whitening_transform(np.asarray(train_pooled))
+    similarity = _whitened_views(query_pooled, mean, matrix) @ _whitened_views(train_pooled, mean, matrix).T
+    return np.argmax(similarity, axis=1)  # argmax returns the first of equal maxima
+
+
+def retrieval_reports(train_pooled: np.ndarray, train_texts: list[str], query_pooled: np.ndarray) -> list[str]:
+    nearest = nearest_training_study(train_pooled, query_pooled)
+    return [train_texts[i] for i in nearest]

@@ -1,0 +1,110 @@
+"""Mean ± std over training seeds, from DVC's own experiment table (`dvc exp show --json`).
+
+Run several seeds as experiments, then summarise:
+
+    for s in 0 1 2; do dvc exp run --queue -S train.seed=$s; done
+    dvc exp run --run-all
+    cxrgen seeds                       # → metrics/seeds.md
+
+Experiments are grouped by every parameter except `train.seed`, so runs with other settings are
+never averaged together; each group lists its seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from cxrgen.errors import CxrgenError
+from cxrgen.files import atomic_path
+
+MODELS = ("baseline", "attention")
+METRICS = (("BLEU-4", ("beam", "bleu_4")), ("METEOR", ("beam", "meteor")), ("ROUGE-L", ("beam", "rouge_l")),
+           ("CIDEr", ("beam", "cider")), ("CE F1", ("beam", "micro_f1")),
+           ("CE F1 − retrieval floor", ("beam_vs_retrieval", "micro_f1", "difference")),
+           ("val loss gain", ("val_loss_gain",)))
+SEED_KEY = ("train", "seed")
+
+
+def _get(data: dict, path: tuple):
+    for key in path:
+        if not isinstance(data, dict) or key not in data:
+            return None
+        data = data[key]
+    return data
+
+
+def _runs(exp_show: list) -> list[dict]:
+    """Every finished run in the table (the baseline commits and their experiments), with a name."""
+    runs = []
+    for commit in exp_show:
+        if commit.get("rev") == "workspace":
+            continue
+        entries = [(commit.get("name") or commit["rev"][:7], commit.get("data"))]
+        for experiment in commit.get("experiments") or []:
+            for rev in experiment.get("revs") or []:
+                entries.append((rev.get("name") or rev["rev"][:7], rev.get("data")))
+        for name, data in entries:
+            if data:
+                runs.append({"name": name, "data": data})
+    return runs
+
+
+def collect(exp_show: list) -> dict[str, list[dict]]:
+    """{settings key: [{"name", "seed", "<model> <metric>": value}]}, one row per run with metrics."""
+    groups: dict[str, list[dict]] = {}
+    for run in _runs(exp_show):
+        params = _get(run["data"], ("params", "params.yaml", "data")) or {}
+        metrics = run["data"].get("metrics") or {}
+        row = {"name": run["name"], "seed": _get(params, SEED_KEY)}
+        for model in MODELS:
+            evaluated = _get(metrics, (f"metrics/{model}.json", "data")) or {}
+            trained = _get(metrics, (f"metrics/train_{model}.json", "data")) or {}
+            for label, path in METRICS:
+                value = _get(trained if path == ("val_loss_gain",) else evaluated, path)
+                if value is not None:
+                    row[f"{model} {label}"] = value
+        if len(row) == 2:
+            continue   # a run without evaluation metrics
+        settings = json.loads(json.dumps(params))
+        settings.get("train", {}).pop("seed", None)
+        groups.setdefault(json.dumps(settings, sort_keys=True), []).append(row)
+    return groups
+
+
+def summary_markdown(groups: dict[str, list[dict]]) -> str:
+    if not groups:
+        raise CxrgenError("no experiments with evaluation metrics in `dvc exp show` (run some first)")
+    lines = ["# Mean ± std over training seeds (sample std; beam decoding, test split)", ""]
+    for number, rows in enumerate(groups.values(), 1):
+        seeds = ", ".join(f"{r['seed']} ({r['name']})" for r in rows)
+        lines += [f"## Settings group {number}: {len(rows)} run(s), seeds {seeds}", "",
+                  "| model | metric | mean ± std | n |", "|---|---|---|---|"]
+        for model in MODELS:
+            for label, _ in METRICS:
+                values = [r[f"{model} {label}"] for r in rows if f"{model} {label}" in r]
+                if not values:
+                    continue
+                spread = f" ± {np.std(values, ddof=1):.3f}" if len(values) > 1 else " (one run)"
+                lines.append(f"| {model} | {label} | {np.mean(values):.3f}{spread} | {len(values)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def exp_show(project: str | Path = ".") -> list:
+    result = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=project,
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise CxrgenError(f"dvc exp show failed: {result.stderr.strip()[-500:]}")
+    return json.loads(result.stdout)
+
+
+def write_summary(project: str | Path = ".", out: str | Path = "metrics/seeds.md") -> str:
+    text = summary_markdown(collect(exp_show(project)))
+    with atomic_path(Path(project) / out) as tmp:
+        tmp.write_text(text)
+    return text

@@ -1,0 +1,316 @@
+"""Writing reports from image features: greedy and beam search, batched, and a per-study reference.
+
+Scoring. A hypothesis h is the list of tokens generated after <start> (<end> included once emitted):
+    log_prob(h) = sum over its tokens of log p(token | the tokens before it, the images)
+    score(h)    = log_prob(h) / ((5 + |h|) / 6) ** alpha        (GNMT length penalty, Wu et al. 2016)
+alpha is `length_penalty`: 0 ranks by log_prob alone (which favours short reports, since every
+word costs probability); larger values favour longer ones. At each step the width x vocabulary
+candidates (every beam extended by every token) are ranked by score and the best `width` kept;
+equal scores are ordered by (beam position, token id), lowest first, in both implementations.
+Greedy search is beam search of width 1.
+
+Finished beams. A beam that emitted <end> stays finished: at every later step its only continuation
+is <pad> with log-probability 0 and its length does not grow, so log_prob, length and score are
+frozen. It keeps its slot as long as fewer than `width` candidates score higher; decoding of a
+batch stops when every beam is finished, or after max_len - 1 generated tokens (max_len counts
+<start> and <end>, as the vocabulary's max_len does), when running beams end unfinished.
+
+Never generated: <pad> and <start>. N-gram blocking (`no_repeat_ngram` = n > 0): a token that would
+complete an n-gram already present among the hypothesis's generated tokens is forbidden.
+
+`beam_search` decodes a batch of studies at once: the recurrent state has one row per (study, beam)
+and the only Python loop is over time steps. `beam_search_reference` is the plain version (Python
+loops over studies and beams, the model run on one beam at a time) kept to check the batched one.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+from cxrgen.data.vocab import END_ID, PAD_ID, START_ID, Vocab
+from cxrgen.errors import BadInput
+from cxrgen.modeling.models import ReportGenerator
+from cxrgen.params import with_defaults
+
+NEVER_GENERATED = (PAD_ID, START_ID)
+DECODE_DEFAULTS = {"beam_width": 3, "length_penalty": 0.0, "no_repeat_ngram": 0, "max_len": 60}
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    beam_width: int = 3
+    length_penalty: float = 0.0   # alpha of the GNMT length penalty
+    no_repeat_ngram: int = 0      # 0: off
+    max_len: int = 60             # counts <start> and <end>: at most max_len - 1 generated tokens
+
+    def __post_init__(self):
+        for key, least in (("beam_width", 1), ("max_len", 2), ("no_repeat_ngram", 0)):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise BadInput("params.yaml", f"decode.{key} must be an integer >= {least}, not {value!r}")
+        if not isinstance(self.length_penalty, (int, float)) or self.length_penalty < 0:
+            raise BadInput("params.yaml",
+                           f"decode.length_penalty must be a number >= 0, not {self.length_penalty!r}")
+
+    @property
+    def steps(self) -> int:
+        return self.max_len - 1
+
+    @classmethod
+    def from_params(cls, params: dict) -> DecodeSettings:
+        return cls(**with_defaults(params, "decode", DECODE_DEFAULTS))
+
+
+@dataclass
+class Decoded:
+    """The best hypothesis per study.
+
+    tokens: (N, max_len - 1) int32, the generated ids (<end> included when emitted), <pad> after.
+    log_probs, scores: (N,) float64 (see the module's scoring). lengths: (N,) generated tokens.
+    finished: (N,) whether <end> was emitted.
+    attention: (N, max_len - 1, regions) float32, the weights that produced each token (zero after
+    the last one), or None for a model without attention. Regions: 49 frontal then 49 lateral.
+    """
+
+    tokens: np.ndarray
+    log_probs: np.ndarray
+    scores: np.ndarray
+    lengths: np.ndarray
+    finished: np.ndarray
+    attention: np.ndarray | None
+
+    def texts(self, vocab: Vocab) -> list[str]:
+        return [vocab.decode(row) for row in self.tokens]
+
+
+def length_factors(steps: int, alpha: float) -> np.ndarray:
+    """((5 + L) / 6) ** alpha for L = 0..steps: one table so every score divides by the same bits."""
+    return ((5.0 + np.arange(steps + 1, dtype=np.float64)) / 6.0) ** float(alpha)
+
+
+def ngram_bans(history: np.ndarray, n: int, vocab_size: int) -> np.ndarray:
+    """(rows, vocab) bool: tokens that would repeat an n-gram of each row of `history` (rows, t)."""
+    rows, t = history.shape
+    banned = np.zeros((rows, vocab_size), dtype=bool)
+    if n <= 0 or t < n:
+        return banned
+    windows = np.lib.stride_tricks.sliding_window_view(history, n, axis=1)  # (rows, t - n + 1, n)
+    suffix = history[:, t - n + 1:]  # the last n - 1 tokens (none when n == 1)
+    match = np.all(windows[:, :, : n - 1] == suffix[:, None, :], axis=2)
+    row, window = np.nonzero(match)
+    banned[row, windows[row, window, n - 1]] = True
+    return banned
+
+
+def ngram_bans_one(tokens: list[int], n: int) -> set[int]:
+    """The same rule for one hypothesis, written plainly (the reference uses it)."""
+    if n <= 0 or len(tokens) < n:
+        return set()
+    suffix = tokens[len(tokens) - n + 1:]
+    return {tokens[j + n - 1] for j in range(len(tokens) - n + 1) if tokens[j:j + n - 1] == suffix}
+
+
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _compiled(model: ReportGenerator):
+    """(encode, step) as tf.functions; step returns float64 log-probabilities."""
+    if model not in _COMPILED:
+        owner = weakref.ref(model)  # the cache must not keep the model alive
+
+        @tf.function(reduce_retracing=True)
+        def encode(features):
+            context = owner().encode(features)
+            return context, owner().initial_state(context)
+
+        @tf.function(reduce_retracing=True)
+        def step(tokens, states, context):
+            logits, states, attention = owner().step(tokens, states, context)
+            return tf.nn.log_softmax(tf.cast(logits, tf.float64)), states, attention
+
+        _COMPILED[model] = (encode, step)
+    return _COMPILED[model]
+
+
+def _check_features(model: ReportGenerator, features: np.ndarray) -> np.ndarray:
+    features = np.asarray(features)
+    if features.shape[1:] != tuple(model.feature_shape()):
+        raise BadInput("features", f"this {model.name} model reads '{model.feature_key}' features shaped "
+                                   f"{tuple(model.feature_shape())} per study, got {features.shape[1:]}")
+    return features
+
+
+def greedy(model: ReportGenerator, features, max_len: int = 60, no_repeat_ngram: int = 0,
+           batch_size: int = 64) -> Decoded:
+    return beam_search(model, features, DecodeSettings(1, 0.0, no_repeat_ngram, max_len), batch_size)
+
+
+def beam_search(model: ReportGenerator, features, settings: DecodeSettings, batch_size: int = 64) -> Decoded:
+    """Decode every study of `features` (N, *model.feature_shape()), `batch_size` studies at a time."""
+    features = _check_features(model, features)
+    parts = [_beam_search_batch(model, features[start:start + batch_size], settings)
+             for start in range(0, len(features), batch_size)]
+    if not parts:
+        parts = [_empty(model, settings)]
+    attention = None if parts[0].attention is None else np.concatenate([p.attention for p in parts])
+    return Decoded(*(np.concatenate([getattr(p, key) for p in parts])
+                     for key in ("tokens", "log_probs", "scores", "lengths", "finished")), attention)
+
+
+def _empty(model: ReportGenerator, settings: DecodeSettings) -> Decoded:
+    regions = getattr(model, "regions", None)
+    attention = None if regions is None else np.zeros((0, settings.steps, regions), np.float32)
+    return Decoded(np.zeros((0, settings.steps), np.int32), np.zeros(0), np.zeros(0), np.zeros(0, np.int64),
+                   np.zeros(0, bool), attention)
+
+
+def _beam_search_batch(model: ReportGenerator, features: np.ndarray, s: DecodeSettings) -> Decoded:
+    encode, step = _compiled(model)
+    studies, width, vocab, steps = len(features), s.beam_width, model.vocab_size, s.steps
+    factors = length_factors(steps, s.length_penalty)
+    context, states = encode(tf.convert_to_tensor(features))
+    # One row per (study, beam): study b's beams are rows b * width ... b * width + width - 1.
+    context = tuple(tf.repeat(part, width, axis=0) for part in context)
+    states = [tf.repeat(part, width, axis=0) for part in states]
+    study = np.arange(studies)[:, None]
+    log_prob = np.zeros((studies, width))
+    log_prob[:, 1:] = -np.inf  # at the start only beam 0 exists; the others would be copies of it
+    lengths = np.zeros((studies, width), dtype=np.int64)
+    finished = np.zeros((studies, width), dtype=bool)
+    history = np.full((studies, width, steps), PAD_ID, dtype=np.int32)
+    parents, step_attention = [], []  # per step, to trace the attention of the final beams back
+    last = np.full(studies * width, START_ID, dtype=np.int32)
+    for t in range(steps):
+        token_log_probs, states, attention = step(tf.constant(last), states, context)
+        token_log_probs = token_log_probs.numpy().reshape(studies, width, vocab)
+        token_log_probs[:, :, NEVER_GENERATED] = -np.inf
+        if s.no_repeat_ngram:
+            banned = ngram_bans(history[:, :, :t].reshape(studies * width, t), s.no_repeat_ngram, vocab)
+            token_log_probs[banned.reshape(studies, width, vocab)] = -np.inf
+        token_log_probs[finished] = -np.inf  # a finished beam only continues with <pad>, for free
+        token_log_probs[finished, PAD_ID] = 0.0
+        candidate_lengths = lengths + ~finished
+        candidate_log_probs = log_prob[:, :, None] + token_log_probs
+        candidate_scores = candidate_log_probs / factors[candidate_lengths][:, :, None]
+        # top_k ranks equal values by lower index first: (beam position, token id) as documented.
+        _, best = tf.math.top_k(candidate_scores.reshape(studies, width * vocab), k=width)
+        best = best.numpy()
+        parent, token = np.divmod(best, vocab)
+        log_prob = candidate_log_probs.reshape(studies, width * vocab)[study, best]
+        lengths = candidate_lengths[study, parent]
+        finished = finished[study, parent] | (token == END_ID)
+        history = history[study, parent]
+        history[:, :, t] = token
+        flat_parent = tf.constant((study * width + parent).reshape(-1))
+        states = [tf.gather(part, flat_parent) for part in states]
+        parents.append(parent)
+        if attention is not None:
+            step_attention.append(attention.numpy().reshape(studies, width, -1).astype(np.float32))
+        last = token.reshape(-1).astype(np.int32)
+        if finished.all():
+            break
+    scores = log_prob / factors[lengths]
+    chosen = np.argmax(scores, axis=1)  # the beams are ranked, so this is beam 0 but for exact ties
+    rows = np.arange(studies)
+    return Decoded(
+        tokens=history[rows, chosen],
+        log_probs=log_prob[rows, chosen],
+        scores=scores[rows, chosen],
+        lengths=lengths[rows, chosen],
+        finished=finished[rows, chosen],
+        attention=_trace_attention(parents, step_attention, chosen, lengths[rows, chosen], steps)
+        if step_attention else None,
+    )
+
+
+def _trace_attention(parents: list, step_attention: list, chosen: np.ndarray, lengths: np.ndarray,
+                     steps: int) -> np.ndarray:
+    """The attention weights that produced each token of the chosen beams, by following parents back."""
+    studies, regions = len(chosen), step_attention[0].shape[-1]
+    rows = np.arange(studies)
+    traced = np.zeros((studies, steps, regions), dtype=np.float32)
+    position = chosen
+    for t in range(len(parents) - 1, -1, -1):
+        position = parents[t][rows, position]  # the beam (before step t's selection) that was extended
+        traced[:, t] = step_attention[t][rows, position]
+    traced[np.arange(steps)[None, :] >= lengths[:, None]] = 0.0  # steps after <end>: no token made
+    return traced
+
+
+# ---------------------------------------------------------------------------------------------
+# The reference: one study and one beam at a time, the same scoring, nothing vectorised across them.
+
+
+@dataclass
+class _Hypothesis:
+    tokens: list
+    log_prob: float
+    finished: bool
+    states: list
+    attention: list
+
+
+def beam_search_reference(model: ReportGenerator, features, settings: DecodeSettings) -> Decoded:
+    features = _check_features(model, features)
+    encode, step = _compiled(model)
+    width, steps = settings.beam_width, settings.steps
+    factors = length_factors(steps, settings.length_penalty)
+    results = []
+    for index in range(len(features)):
+        context, states = encode(tf.convert_to_tensor(features[index:index + 1]))
+        beams = [_Hypothesis([], 0.0, False, list(states), [])]
+        for _ in range(steps):
+            candidates = []  # (score, beam position, token, log_prob, parent, states, attention)
+            for position, hypothesis in enumerate(beams):
+                if hypothesis.finished:
+                    score = hypothesis.log_prob / factors[len(hypothesis.tokens)]
+                    candidates.append((score, position, PAD_ID, hypothesis.log_prob, hypothesis, None, None))
+                    continue
+                last = hypothesis.tokens[-1] if hypothesis.tokens else START_ID
+                token_log_probs, new_states, attention = step(
+                    tf.constant([last], dtype=tf.int32), hypothesis.states, context)
+                token_log_probs = token_log_probs.numpy()[0]
+                for token in (*NEVER_GENERATED, *ngram_bans_one(hypothesis.tokens, settings.no_repeat_ngram)):
+                    token_log_probs[token] = -np.inf
+                log_probs = hypothesis.log_prob + token_log_probs
+                scores = log_probs / factors[len(hypothesis.tokens) + 1]
+                # Only this beam's best `width` tokens can be among the best `width` overall.
+                for token in np.argsort(-scores, kind="stable")[:width]:
+                    candidates.append((scores[token], position, int(token), log_probs[token], hypothesis,
+                                       new_states, None if attention is None else attention.numpy()[0]))
+            candidates.sort(key=lambda candidate: (-candidate[0], candidate[1], candidate[2]))
+            beams = []
+            for _, _, token, log_prob, parent, new_states, attention in candidates[:width]:
+                if parent.finished:
+                    beams.append(parent)
+                else:
+                    beams.append(_Hypothesis(parent.tokens + [token], float(log_prob), token == END_ID,
+                                             new_states,
+                                             parent.attention + ([attention] if attention is not None else [])))
+            if all(hypothesis.finished for hypothesis in beams):
+                break
+        scores = [hypothesis.log_prob / factors[len(hypothesis.tokens)] for hypothesis in beams]
+        results.append((beams[int(np.argmax(scores))], float(np.max(scores))))
+    return _collect(model, results, steps)
+
+
+def _collect(model: ReportGenerator, results: list, steps: int) -> Decoded:
+    regions = getattr(model, "regions", None)
+    tokens = np.full((len(results), steps), PAD_ID, dtype=np.int32)
+    attention = None if regions is None else np.zeros((len(results), steps, regions), dtype=np.float32)
+    for row, (hypothesis, _) in enumerate(results):
+        tokens[row, : len(hypothesis.tokens)] = hypothesis.tokens
+        if attention is not None and hypothesis.attention:
+            attention[row, : len(hypothesis.attention)] = np.stack(hypothesis.attention)
+    return Decoded(
+        tokens=tokens,
+        log_probs=np.array([h.log_prob for h, _ in results], dtype=np.float64),
+        scores=np.array([score for _, score in results], dtype=np.float64),
+        lengths=np.array([len(h.tokens) for h, _ in results], dtype=np.int64),
+        finished=np.array([h.finished for h, _ in results], dtype=bool),
+        attention=attention,
+    )

@@ -1,0 +1,426 @@
+"""Training a report generator with teacher forcing, and the blank-image control.
+
+One run of `train`:
+1. the model learns the training reports from the real image features; early stopping and the
+   choice of the kept weights look at the validation loss only (the test split is never read);
+2. with `train.image_control` on, the same model (same seed, same settings) learns again with every
+   study given the features of two black images (data/features/blank.npz). That model can only
+   learn the language of the reports, so the gap between the two validation losses is what the
+   images are worth. A model that does not beat its blank-image twin does not use the images.
+
+Losses are the cross-entropy of the next word averaged over real tokens (<pad> left out). The
+metrics' `val_loss` / `train_loss` are computed once more at the end over the whole split with
+dropout off (exact token averages; Keras's per-epoch curves average per-batch values).
+"""
+
+from __future__ import annotations
+
+import weakref
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from cxrgen.bootstrap import resample_counts
+from cxrgen.data.labeler import label_matrix, positive_matrix
+from cxrgen.data.text import tokenize
+from cxrgen.data.vocab import PAD_ID, Vocab
+from cxrgen.errors import BadInput
+from cxrgen.files import read_json, write_json_atomic
+from cxrgen.modeling.models import (
+    MODELS,
+    MaskedTokenLoss,
+    ReportGenerator,
+    build_model,
+    save_model,
+)
+from cxrgen.observations import OBSERVATIONS
+from cxrgen.params import with_defaults
+from cxrgen.tables import read_parquet
+
+TRAIN_DEFAULTS = {
+    "seed": 0,
+    "epochs": 40,
+    "batch_size": 32,
+    "learning_rate": 0.001,
+    "clipnorm": 5.0,            # gradient norm clipping: recurrent nets blow up now and then
+    "patience": 5,              # epochs without a better val loss before stopping
+    "strategy": "none",         # none | mirrored (all GPUs, or all logical CPU devices)
+    "image_control": True,      # also train on blank-image features and report the gap
+    "deterministic": True,      # tf.config.experimental.enable_op_determinism
+}
+STRATEGIES = ("none", "mirrored")
+BLANK_PREFIX = "blank_images/"
+FOLDS_KEY = 7  # seeds the cross-fitting folds apart from the shuffle
+
+
+def train_settings(params: dict) -> dict:
+    """params.yaml `train`, with defaults, checked (a typo must not silently fall back)."""
+    settings = with_defaults(params, "train", TRAIN_DEFAULTS)
+    if settings["strategy"] not in STRATEGIES:
+        raise BadInput("params.yaml", f"train.strategy must be one of {STRATEGIES}, not {settings['strategy']!r}")
+    for key in ("epochs", "batch_size", "patience"):
+        if not isinstance(settings[key], int) or settings[key] < 1:
+            raise BadInput("params.yaml", f"train.{key} must be a positive integer, not {settings[key]!r}")
+    return settings
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+@dataclass
+class TrainingData:
+    """Features and token ids of the train and val splits, and the blank-image features."""
+
+    vocab_size: int
+    feature_key: str
+    features: dict[str, np.ndarray]   # split -> (N, *feature_shape), float16 as stored
+    tokens: dict[str, np.ndarray]     # split -> (N, T) int32: <start> words <end> <pad>...
+    findings: dict[str, np.ndarray]   # split -> (N, observations) float32: the labeler's positives
+    blank: np.ndarray                 # (1, *feature_shape): one study of two black images
+    info: dict                        # data/features/features.json
+
+    @property
+    def feature_shape(self) -> tuple:
+        return tuple(self.blank.shape[1:])
+
+
+def token_matrix(texts, vocab: Vocab) -> np.ndarray:
+    """<start> ids <end> padded to the longest report (at most vocab.max_len) as int32 (N, T)."""
+    rows = [vocab.encode(tokenize(text)) for text in texts]
+    width = max((len(row) for row in rows), default=2)
+    matrix = np.full((len(rows), width), PAD_ID, dtype=np.int32)
+    for i, row in enumerate(rows):
+        matrix[i, : len(row)] = row
+    return matrix
+
+
+def load_features(path: Path, key: str) -> np.ndarray:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if key not in archive.files:
+                raise BadInput(path, f"no '{key}' array (has {sorted(archive.files)})")
+            return archive[key]
+    except FileNotFoundError:
+        raise BadInput(path, "features file not found (run the features stage)") from None
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise BadInput(path, f"not a readable .npz file ({exc})") from None
+
+
+def load_training_data(features_dir: str | Path, prepared_dir: str | Path, feature_key: str,
+                       splits: tuple[str, ...] = ("train", "val")) -> TrainingData:
+    features_dir, prepared_dir = Path(features_dir), Path(prepared_dir)
+    vocab = Vocab.load(prepared_dir / "vocab.json")
+    studies_path = prepared_dir / "studies.parquet"
+    if not studies_path.exists():
+        raise BadInput(studies_path, "not found (run the prepare stage)")
+    studies = read_parquet(studies_path)
+    info_path = features_dir / "features.json"
+    info = read_json(info_path, "not found (run the features stage)")
+    blank = load_features(features_dir / "blank.npz", feature_key)
+    if blank.shape[0] != 1:
+        raise BadInput(features_dir / "blank.npz", f"'{feature_key}' should hold one study, has {blank.shape[0]}")
+    features, tokens, findings = {}, {}, {}
+    for split in splits:
+        texts = studies.loc[studies["split"] == split, "text"].tolist()
+        path = features_dir / f"features_{split}.npz"
+        array = load_features(path, feature_key)
+        if array.shape[0] != len(texts):
+            raise BadInput(path, f"{array.shape[0]} rows but studies.parquet has {len(texts)} {split} studies "
+                                 "(rerun the features stage)")
+        if array.shape[1:] != blank.shape[1:]:
+            raise BadInput(path, f"'{feature_key}' rows are {array.shape[1:]}, blank.npz's are {blank.shape[1:]}")
+        if not texts:
+            raise BadInput(studies_path, f"the {split} split is empty")
+        features[split], tokens[split] = array, token_matrix(texts, vocab)
+        findings[split] = positive_matrix(label_matrix(texts)).astype(np.float32)
+    return TrainingData(len(vocab), feature_key, features, tokens, findings, blank, info)
+
+
+def study_folds(n_studies: int, folds: int, seed: int) -> np.ndarray:
+    """(N,) int32: each training study's fold for the finding heads' cross-fitting, in equal shares,
+    by a seeded shuffle."""
+    order = np.random.default_rng(np.random.SeedSequence([seed, FOLDS_KEY])).permutation(n_studies)
+    assignment = np.empty(n_studies, np.int32)
+    assignment[order] = np.arange(n_studies) % max(int(folds), 1)
+    return assignment
+
+
+def make_dataset(features: np.ndarray, tokens: np.ndarray, batch_size: int, shuffle: bool = False,
+                 seed: int = 0, blank: bool = False, findings: np.ndarray | None = None,
+                 folds: np.ndarray | None = None) -> tf.data.Dataset:
+    """Batches of ({"features", "tokens": ids[:-1]}, next ids = ids[1:]) (teacher forcing).
+
+    blank=True: `features` is ONE study's features, given to every study (the image control).
+    findings: (N, observations) targets of the finding head, added to the inputs when given;
+    folds: (N,) each study's cross-fitting fold (see study_folds), added with them.
+    """
+    if folds is not None and findings is None:
+        raise ValueError("folds go with the finding targets")
+
+    def pair(study_features, ids, labels=None, fold=None):
+        inputs = {"features": tf.cast(study_features, tf.float32), "tokens": ids[:-1]}
+        if labels is not None:
+            inputs["findings"] = labels
+        if fold is not None:
+            inputs["folds"] = fold
+        return inputs, ids[1:]
+
+    rows = (tokens,) if findings is None else (tokens, findings) if folds is None else (tokens, findings, folds)
+    if blank:
+        constant = tf.constant(features[0])
+        dataset = tf.data.Dataset.from_tensor_slices(rows).map(lambda *row: pair(constant, *row))
+    else:
+        dataset = tf.data.Dataset.from_tensor_slices((features, *rows)).map(pair)
+    if shuffle:
+        dataset = dataset.shuffle(len(tokens), seed=seed, reshuffle_each_iteration=True)
+    options = tf.data.Options()
+    options.deterministic = True
+    # In-memory arrays: MirroredStrategy splits each batch between the replicas (no files to shard).
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    dataset = dataset.batch(batch_size).map(_trim_padding)
+    return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def _trim_padding(inputs, targets):
+    """Cut the batch to its longest report: the recurrent layers then run no step on <pad> alone
+    (reports run from ~10 to 60 tokens). Padding only ever follows the words, so nothing is lost."""
+    length = tf.reduce_max(tf.reduce_sum(tf.cast(tf.not_equal(targets, PAD_ID), tf.int32), axis=1))
+    return {**inputs, "tokens": inputs["tokens"][:, :length]}, targets[:, :length]
+
+
+# ---------------------------------------------------------------------------------------------
+# Fitting
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    """`none`: the default (one device). `mirrored`: every GPU, or else every logical CPU device."""
+    if name == "none":
+        return tf.distribute.get_strategy()
+    if name != "mirrored":
+        raise BadInput("params.yaml", f"train.strategy must be one of {STRATEGIES}, not {name!r}")
+    if tf.config.list_logical_devices("GPU"):
+        return tf.distribute.MirroredStrategy()
+    devices = [device.name for device in tf.config.list_logical_devices("CPU")]
+    # NCCL all-reduce needs GPUs; on CPUs the replicas' gradients are summed on one device.
+    return tf.distribute.MirroredStrategy(devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
+
+
+class LiveCurves(keras.callbacks.Callback):
+    """Per-epoch train and val loss into a dvclive.Live, step = epoch number (1, 2, ...)."""
+
+    def __init__(self, live, prefix: str = ""):
+        super().__init__()
+        self.live, self.prefix = live, prefix
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        self.live.step = epoch + 1
+        for key in ("loss", "val_loss"):
+            if key in logs:
+                self.live.log_metric(f"{self.prefix}{key}", round(float(logs[key]), 6))
+        self.live.sync()
+
+
+@dataclass
+class FitResult:
+    model: ReportGenerator
+    best_epoch: int
+    epochs_run: int
+    history: dict
+
+
+def fit(model_name: str, sizes: dict, settings: dict, data: TrainingData, strategy: tf.distribute.Strategy,
+        blank: bool = False, callbacks: list | None = None, verbose: int = 0) -> FitResult:
+    """Train one model from its seed; the returned model holds the weights of the best val epoch."""
+    keras.utils.set_random_seed(settings["seed"])
+    if blank:
+        # One constant input: feature dropout has nothing to regularise there and would only feed the
+        # decoder noise (black images whiten to values far outside the training ones). Without it the
+        # control is the best language-only twin, which makes the image's gain harder to get.
+        sizes = {**sizes, "feature_dropout": 0.0}
+    with strategy.scope():
+        model = build_model(model_name, data.vocab_size, data.feature_shape, sizes)
+        # The real training features' statistics, for the blank-image twin too: it must see the
+        # same transform, only without the image content.
+        model.set_feature_statistics(data.features["train"])
+        model.compile(
+            optimizer=keras.optimizers.Adam(settings["learning_rate"], clipnorm=settings["clipnorm"]),
+            loss=MaskedTokenLoss(),
+        )
+    source = {split: (data.blank if blank else data.features[split]) for split in ("train", "val")}
+    folds = study_folds(len(data.tokens["train"]), model.finding_folds, settings["seed"])
+    train_set = make_dataset(source["train"], data.tokens["train"], settings["batch_size"], shuffle=True,
+                             seed=settings["seed"], blank=blank, findings=data.findings["train"], folds=folds)
+    val_set = make_dataset(source["val"], data.tokens["val"], settings["batch_size"], blank=blank)
+    stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=settings["patience"],
+                                            restore_best_weights=True)  # restores at the end in Keras 3
+    history = model.fit(train_set, validation_data=val_set, epochs=settings["epochs"],
+                        callbacks=[stopper, *(callbacks or [])], shuffle=False, verbose=verbose)
+    val_curve = history.history["val_loss"]
+    return FitResult(model, int(np.argmin(val_curve)) + 1, len(val_curve), history.history)
+
+
+_LOSS_SUMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _loss_sums(model: ReportGenerator):
+    """A tf.function (one per model, so it is traced once) giving a batch's total loss and token count."""
+    if model not in _LOSS_SUMS:
+        loss = MaskedTokenLoss()
+        signature = (
+            {"features": tf.TensorSpec((None, *model.feature_shape()), tf.float32),
+             "tokens": tf.TensorSpec((None, None), tf.int32)},
+            tf.TensorSpec((None, None), tf.int32),
+        )
+
+        owner = weakref.ref(model)  # the cache must not keep the model alive
+
+        @tf.function(input_signature=signature)  # any batch size and report length: one trace
+        def sums(inputs, targets):
+            mean = loss(targets, owner()(inputs, training=False))
+            count = tf.reduce_sum(tf.cast(tf.not_equal(targets, PAD_ID), tf.float32))
+            return mean * count, count
+
+        _LOSS_SUMS[model] = sums
+    return _LOSS_SUMS[model]
+
+
+def token_loss(model: ReportGenerator, features: np.ndarray, tokens: np.ndarray, batch_size: int,
+               blank: bool = False) -> float:
+    """Mean cross-entropy per real token over a whole split, dropout off."""
+    sums = _loss_sums(model)
+    total = count = 0.0
+    for inputs, targets in make_dataset(features, tokens, batch_size, blank=blank):
+        batch_total, batch_count = sums(inputs, targets)
+        total += float(batch_total)
+        count += float(batch_count)
+    return total / max(count, 1.0)
+
+
+def study_token_losses(model: ReportGenerator, features: np.ndarray, tokens: np.ndarray, batch_size: int,
+                       blank: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Per study, dropout off: the summed cross-entropy of its real tokens, and their count."""
+    sums, counts = [], []
+    for inputs, targets in make_dataset(features, tokens, batch_size, blank=blank):
+        logits = tf.cast(model(inputs, training=False), tf.float32)
+        entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits)
+        real = tf.cast(tf.not_equal(targets, PAD_ID), tf.float32)
+        sums.append(tf.reduce_sum(entropy * real, axis=1).numpy())
+        counts.append(tf.reduce_sum(real, axis=1).numpy())
+    return np.concatenate(sums).astype(np.float64), np.concatenate(counts).astype(np.float64)
+
+
+def gain_interval(blank_sums: np.ndarray, image_sums: np.ndarray, counts: np.ndarray, n_resamples: int = 1000,
+                  seed: int = 0, confidence: float = 0.95) -> tuple[float, float]:
+    """Paired bootstrap over val studies of the val-loss gain (blank images minus images, nats per
+    token): each resample draws studies with replacement and compares the two models on the same
+    draw, so only the studies' sampling varies, not the training run."""
+    draws = resample_counts(len(counts), n_resamples, seed).astype(np.float64)
+    gains = draws @ (blank_sums - image_sums) / (draws @ counts)
+    low, high = np.quantile(gains, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return float(low), float(high)
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    """Area under the ROC curve (ties count half); None when only one class is present."""
+    labels = np.asarray(labels).astype(bool)
+    positives, negatives = int(labels.sum()), int((~labels).sum())
+    if positives == 0 or negatives == 0:
+        return None
+    order = np.argsort(scores, kind="stable")
+    ranks = np.empty(len(scores))
+    sorted_scores = np.asarray(scores)[order]
+    # Average ranks over ties (1-based).
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_scores)) + 1]
+    ends = np.r_[starts[1:], len(scores)]
+    for start, end in zip(starts, ends):
+        ranks[order[start:end]] = (start + end + 1) / 2.0
+    return float((ranks[labels].sum() - positives * (positives + 1) / 2.0) / (positives * negatives))
+
+
+def finding_head_auc(model: ReportGenerator, features: np.ndarray, findings: np.ndarray,
+                     batch_size: int) -> dict | None:
+    """Val AUC of the finding head per observation (those with both classes in the split), and macro."""
+    if model.finding_classifier is None:
+        return None
+    probabilities = np.concatenate([
+        keras.ops.convert_to_numpy(model.finding_probabilities(tf.cast(features[start:start + batch_size], tf.float32)))
+        for start in range(0, len(features), batch_size)])
+    per_observation = {}
+    for index, observation in enumerate(OBSERVATIONS):
+        auc = roc_auc(findings[:, index], probabilities[:, index])
+        if auc is not None:
+            per_observation[observation] = round(auc, 4)
+    macro = round(float(np.mean(list(per_observation.values()))), 4) if per_observation else None
+    return {"macro": macro, "per_observation": per_observation}
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage
+
+
+def train(model_name: str, params: dict, features_dir: str | Path, prepared_dir: str | Path,
+          model_path: str | Path, metrics_path: str | Path, live_dir: str | Path, verbose: int = 0) -> dict:
+    """Train `model_name` (and its blank-image twin), save the model and the metrics; return them."""
+    from dvclive import Live  # imports DVC: only when training
+
+    if model_name not in MODELS:
+        raise BadInput("params.yaml", f"unknown model {model_name!r}; choose one of {sorted(MODELS)}")
+    settings = train_settings(params)
+    sizes = (params.get("model") or {}).get(model_name) or {}
+    if settings["deterministic"]:
+        tf.config.experimental.enable_op_determinism()
+    data = load_training_data(features_dir, prepared_dir, MODELS[model_name].feature_key)
+    strategy = make_strategy(settings["strategy"])
+    live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
+    try:
+        real = fit(model_name, sizes, settings, data, strategy, callbacks=[LiveCurves(live)], verbose=verbose)
+        batch = settings["batch_size"]
+        # Per val study (summed loss, real tokens): the val loss, and with the blank-image twin's the
+        # paired interval of the gain, both from the same numbers.
+        image_sums, counts = study_token_losses(real.model, data.features["val"], data.tokens["val"], batch)
+        metrics = {
+            "model": model_name,
+            "params": int(real.model.count_params()),
+            "best_epoch": real.best_epoch,
+            "epochs_run": real.epochs_run,
+            "train_loss": round(token_loss(real.model, data.features["train"], data.tokens["train"], batch), 6),
+            "val_loss": round(float(image_sums.sum() / counts.sum()), 6),
+            "replicas": int(strategy.num_replicas_in_sync),
+            "train_seed": settings["seed"],
+            "data_source": data.info.get("data_source"),
+            "weights": data.info.get("weights"),
+            "features_seed": data.info.get("seed"),
+            "train_studies": int(len(data.tokens["train"])),
+            "val_studies": int(len(data.tokens["val"])),
+        }
+        metrics["val_perplexity"] = round(float(np.exp(metrics["val_loss"])), 4)
+        head = finding_head_auc(real.model, data.features["val"], data.findings["val"], batch)
+        if head is not None:   # the finding head's own check that it reads the images
+            metrics["val_finding_auc_macro"] = head["macro"]
+            metrics["val_finding_auc"] = head["per_observation"]
+        save_model(real.model, model_path)
+        if settings["image_control"]:
+            control = fit(model_name, sizes, settings, data, strategy, blank=True,
+                          callbacks=[LiveCurves(live, BLANK_PREFIX)], verbose=verbose)
+            blank_sums, _ = study_token_losses(control.model, data.blank, data.tokens["val"], batch, blank=True)
+            blank_val = round(float(blank_sums.sum() / counts.sum()), 6)
+            low, high = gain_interval(blank_sums, image_sums, counts, seed=settings["seed"])
+            metrics.update({
+                "val_loss_blank_images": blank_val,
+                "val_loss_gain": round(blank_val - metrics["val_loss"], 6),
+                # 95 % paired bootstrap over the val studies; low > 0: the image lowers the loss
+                # beyond what the choice of val studies explains.
+                "val_loss_gain_interval": [round(low, 6), round(high, 6)],
+                "uses_images": bool(low > 0),
+                "blank_images_best_epoch": control.best_epoch,
+            })
+    finally:
+        live.end()
+    write_json_atomic(metrics_path, metrics)
+    return metrics

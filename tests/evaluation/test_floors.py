@@ -1,0 +1,51 @@
+"""The floors: the constant report is chosen on val by BLEU-4; retrieval copies the nearest image's report."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cxrgen.evaluation import floors, scores
+
+NORMAL = "the heart is normal . the lungs are clear . no effusion ."
+ABNORMAL = "the heart is enlarged . small left effusion ."
+ODD = "degenerative changes of the spine ."
+
+
+def test_constant_report_is_the_best_val_bleu_4_among_training_reports():
+    train = [ABNORMAL, NORMAL, ODD, ABNORMAL, ABNORMAL]
+    val = [NORMAL, NORMAL, "the heart is normal . the lungs are clear .", ABNORMAL]
+    text, score = floors.constant_report(train, val)
+    brute = {t: scores.corpus_bleu([t] * len(val), val)[3] for t in set(train)}
+    assert text == max(brute, key=brute.get) == NORMAL   # not the most frequent training report
+    assert score == pytest.approx(brute[NORMAL], abs=1e-12)
+
+
+def test_constant_report_does_not_depend_on_row_order():
+    train = ["a b c d e f", "a b c d e g", "a b c d e f", "a b c d e g"]   # equal scores
+    val = ["a b c d e h"]
+    assert floors.constant_report(train, val)[0] == floors.constant_report(train[::-1], val)[0]
+
+
+def test_constant_report_needs_both_splits():
+    with pytest.raises(ValueError):
+        floors.constant_report([], [NORMAL])
+
+
+def test_retrieval_copies_the_nearest_training_image_whatever_the_channel_scales():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 2, 8))
+    train = np.concatenate([centres[k] + 0.05 * rng.normal(size=(4, 2, 8)) for k in range(3)])
+    texts = [t for t in (NORMAL, ABNORMAL, ODD) for _ in range(4)]
+    scale = np.geomspace(1e-3, 1e3, 8)            # channels on very different scales
+    query = centres[[2, 0, 1]] + 0.05 * rng.normal(size=(3, 2, 8))
+    got = floors.retrieval_reports(train * scale, texts, query * scale)
+    assert got == [ODD, NORMAL, ABNORMAL]
+
+
+def test_retrieval_ties_go_to_the_first_training_study():
+    train = np.ones((3, 2, 4))
+    train[:, :, 0] = [[1, 2]] * 3
+    train[2] = [[5, 0, 0, 0], [0, 5, 0, 0]]
+    nearest = floors.nearest_training_study(train, train[:1])
+    assert nearest.tolist() == [0]

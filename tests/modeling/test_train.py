@@ -1,0 +1,306 @@
+"""The train stage on small learnable data: the loss falls, images beat blank images, early stopping
+and the kept weights follow the val split, curves reach dvclive, runs repeat exactly, MirroredStrategy
+runs on two logical CPU devices."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import runpy
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+from synthetic_captions import SIZES, write_dataset  # noqa: E402
+
+from cxrgen.data.vocab import END_ID, PAD_ID, START_ID, build_vocab  # noqa: E402
+from cxrgen.errors import BadInput  # noqa: E402
+from cxrgen.modeling.train import (  # noqa: E402
+    gain_interval,
+    load_training_data,
+    make_dataset,
+    study_folds,
+    token_loss,
+    token_matrix,
+    train,
+    train_settings,
+)
+from cxrgen.tables import read_parquet, write_parquet  # noqa: E402
+
+COUNTS = {"train": 128, "val": 32, "test": 8}
+# After the first epoch (tracing) an epoch takes a fraction of a second: enough of them to learn.
+TRAIN = {"seed": 0, "epochs": 15, "batch_size": 16, "learning_rate": 0.03, "patience": 3}
+
+
+def params(**train_overrides) -> dict:
+    return {"train": {**TRAIN, **train_overrides}, "model": SIZES}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """Train and val features only: training must never need the test split."""
+    return write_dataset(tmp_path_factory.mktemp("data"), COUNTS)
+
+
+def read_curve(path: Path) -> list[float]:
+    with open(path) as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    assert [int(row["step"]) for row in rows] == list(range(1, len(rows) + 1))
+    return [float(row[path.stem]) for row in rows]
+
+
+def check_run(metrics: dict, model_name: str, out: Path, dataset) -> None:
+    features, prepared = dataset
+    live = out / "dvclive"
+    assert metrics["model"] == model_name
+    val_curve = read_curve(live / "plots/metrics/val_loss.tsv")
+    assert len(read_curve(live / "plots/metrics/loss.tsv")) == len(val_curve) == metrics["epochs_run"]
+    blank_curve = read_curve(live / "plots/metrics/blank_images/val_loss.tsv")
+    # Learning happened, and the kept epoch is the best val epoch.
+    assert metrics["best_epoch"] == int(np.argmin(val_curve)) + 1
+    assert metrics["val_loss"] < 0.5 * val_curve[0]
+    assert metrics["val_loss"] == pytest.approx(min(val_curve), rel=0.02)
+    # The images are used: the blank-image twin does clearly worse.
+    assert metrics["val_loss_blank_images"] == pytest.approx(min(blank_curve), rel=0.02)
+    gain = metrics["val_loss_blank_images"] - metrics["val_loss"]
+    assert metrics["val_loss_gain"] == pytest.approx(gain, abs=1e-5)
+    assert metrics["val_loss_gain"] > 0.05  # about 0.13 nats per token here
+    low, high = metrics["val_loss_gain_interval"]
+    assert 0 < low < metrics["val_loss_gain"] < high and metrics["uses_images"] is True
+    # Provenance copied from features.json.
+    provenance = (metrics["data_source"], metrics["weights"], metrics["features_seed"])
+    assert provenance == ("synthetic-test", "random", 7)
+    # The saved file is the kept model, and loads in safe mode.
+    model = keras.models.load_model(out / "model.keras", safe_mode=True)
+    assert model.count_params() == metrics["params"]
+    data = load_training_data(features, prepared, model.feature_key)
+    saved_val_loss = token_loss(model, data.features["val"], data.tokens["val"], 16)
+    assert saved_val_loss == pytest.approx(metrics["val_loss"], abs=1e-6)
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    assert not list(out.glob(".*partial*"))
+
+
+def test_attention_model_learns_and_reads_the_images(dataset, tmp_path):
+    features, prepared = dataset
+    metrics = train("attention", params(), features, prepared, tmp_path / "model.keras", tmp_path / "metrics.json",
+                    tmp_path / "dvclive")
+    check_run(metrics, "attention", tmp_path, dataset)
+
+
+@pytest.mark.parametrize("name,head", [("baseline", {"direct_features": False}),
+                                       ("attention", {"region_input": "findings"})])
+def test_through_the_finding_head_alone_the_images_still_reach_the_words(name, head, dataset, tmp_path):
+    """The defaults of params.yaml: the image reaches the decoder only through the finding head.
+    Here the labeler reads Cardiomegaly off "heart is enlarged" (the frontal regions 20-24 show it)."""
+    sizes = {**SIZES[name], "finding_weight": 1.0, "finding_l2": 0.002, "finding_folds": 4, **head}
+    setting = {**params(), "model": {name: sizes}}
+    features, prepared = dataset
+    metrics = train(name, setting, features, prepared, tmp_path / "model.keras", tmp_path / "metrics.json",
+                    tmp_path / "dvclive")
+    check_run(metrics, name, tmp_path, dataset)
+    assert metrics["val_finding_auc"]["Cardiomegaly"] > 0.95, metrics["val_finding_auc"]
+    assert metrics["val_finding_auc_macro"] is not None
+
+
+def run_stage_script(project_root: Path, *args: str) -> None:
+    """stages/train.py as `python stages/train.py ARGS` runs it, in this process (no second TF start)."""
+    argv = sys.argv
+    sys.argv = ["stages/train.py", *args]
+    try:
+        runpy.run_path(str(project_root / "stages/train.py"), run_name="__main__")
+    finally:
+        sys.argv = argv
+
+
+def test_stage_script_trains_the_baseline(dataset, tmp_path, project_root, capsys):
+    features, prepared = dataset
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params()))
+    run_stage_script(project_root, "--model", "baseline", "--params", str(tmp_path / "params.yaml"),
+                     "--features", str(features), "--prepared", str(prepared),
+                     "--out", str(tmp_path / "model.keras"), "--metrics", str(tmp_path / "metrics.json"),
+                     "--live", str(tmp_path / "dvclive"))
+    assert "train: baseline: val loss" in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    check_run(metrics, "baseline", tmp_path, dataset)
+
+
+def test_stage_script_reports_missing_inputs_in_one_line(tmp_path, project_root, capsys):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params()))
+    with pytest.raises(SystemExit) as exit_info:
+        run_stage_script(project_root, "--model", "attention", "--params", str(tmp_path / "params.yaml"),
+                         "--features", str(tmp_path / "features"), "--prepared", str(tmp_path / "prepared"),
+                         "--out", str(tmp_path / "model.keras"))
+    assert exit_info.value.code == 1
+    stderr = capsys.readouterr().err.strip().splitlines()
+    assert len(stderr) == 1 and stderr[0].startswith("train: error: ") and "run the prepare stage" in stderr[0]
+    assert not (tmp_path / "model.keras").exists()
+
+
+def test_early_stopping_and_the_kept_weights_follow_the_val_split(dataset, tmp_path):
+    """Val reports that state the opposite of what the images show: the val loss falls while the model
+    learns the wording, then rises as it learns to read the images. Training must stop `patience`
+    epochs after the val minimum and keep that epoch's weights, whatever the train loss does."""
+    features, prepared = dataset
+    studies = read_parquet(prepared / "studies.parquet")
+    swap = {"normal": "enlarged", "enlarged": "normal", "clear": "hazy", "hazy": "clear"}
+    is_val = studies["split"] == "val"
+    studies.loc[is_val, "text"] = [" ".join(swap.get(word, word) for word in text.split())
+                                   for text in studies.loc[is_val, "text"]]
+    contrary = tmp_path / "prepared"
+    write_parquet(studies, contrary / "studies.parquet")
+    shutil.copy(prepared / "vocab.json", contrary / "vocab.json")
+    metrics = train("baseline", params(patience=2, epochs=30, image_control=False), features, contrary,
+                    tmp_path / "model.keras", tmp_path / "metrics.json", tmp_path / "dvclive")
+    val_curve = read_curve(tmp_path / "dvclive/plots/metrics/val_loss.tsv")
+    train_curve = read_curve(tmp_path / "dvclive/plots/metrics/loss.tsv")
+    assert metrics["epochs_run"] == metrics["best_epoch"] + 2 < 30
+    assert min(val_curve) < val_curve[-1] and train_curve[-1] < train_curve[metrics["best_epoch"] - 1]
+    assert metrics["val_loss"] == pytest.approx(min(val_curve), rel=0.02)
+    assert metrics["train_loss"] > min(train_curve)  # not the last (better on train) weights
+    assert "val_loss_blank_images" not in metrics
+    assert not (tmp_path / "dvclive/plots/metrics/blank_images").exists()
+
+
+def test_training_repeats_exactly(dataset, tmp_path):
+    features, prepared = dataset
+    runs = []
+    for run in ("a", "b"):
+        out = tmp_path / run
+        metrics = train("baseline", params(epochs=1, image_control=False), features, prepared,
+                        out / "model.keras", out / "metrics.json", out / "dvclive")
+        runs.append((metrics, (out / "model.keras").read_bytes(),
+                     (out / "dvclive/plots/metrics/val_loss.tsv").read_text()))
+    assert runs[0] == runs[1]
+
+
+MIRRORED_SCRIPT = textwrap.dedent("""
+    import json, os, sys
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    import tensorflow as tf
+    # Two logical CPU devices, set before TensorFlow initialises its devices.
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    sys.path.insert(0, sys.argv[1])
+    from synthetic_captions import SIZES
+    from cxrgen.modeling.train import train
+    features, prepared, out, model = sys.argv[2:6]
+    params = {"train": {"seed": 0, "epochs": 3, "batch_size": 16, "learning_rate": 0.03, "patience": 3,
+                        "strategy": "mirrored", "image_control": False}, "model": SIZES}
+    metrics = train(model, params, features, prepared, out + "/model.keras", out + "/metrics.json",
+                    out + "/dvclive")
+    print(json.dumps({"devices": len(tf.config.list_logical_devices("CPU")), **metrics}))
+""")
+
+
+def test_mirrored_strategy_on_two_logical_cpu_devices(dataset, tmp_path, project_root):
+    features, prepared = dataset
+    script = tmp_path / "mirrored.py"
+    script.write_text(MIRRORED_SCRIPT)
+    result = subprocess.run(
+        [sys.executable, str(script), str(project_root / "tests"), str(features), str(prepared), str(tmp_path),
+         "attention"],  # the scan over time steps inside each replica is the part worth checking
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads(result.stdout.strip().splitlines()[-1])
+    assert metrics["devices"] == 2 and metrics["replicas"] == 2
+    val_curve = read_curve(tmp_path / "dvclive/plots/metrics/val_loss.tsv")
+    assert metrics["val_loss"] < 0.8 * val_curve[0]
+    model = keras.models.load_model(tmp_path / "model.keras", safe_mode=True)
+    assert model.count_params() == metrics["params"]
+
+
+def test_token_matrix_pads_to_the_longest_report():
+    vocab = build_vocab([["a", "b", "c"]], min_count=1, max_len=4)
+    matrix = token_matrix(["a b", "c", "a b c"], vocab)
+    a, b, c = (vocab.ids[word] for word in "abc")
+    assert matrix.dtype == np.int32
+    assert matrix.tolist() == [[START_ID, a, b, END_ID], [START_ID, c, END_ID, PAD_ID], [START_ID, a, b, END_ID]]
+
+
+def test_batches_pair_each_word_with_the_next_and_are_cut_to_their_longest_report():
+    tokens = np.array([[1, 5, 2, 0, 0, 0], [1, 5, 6, 7, 2, 0], [1, 2, 0, 0, 0, 0]], dtype=np.int32)
+    features = np.arange(3 * 2 * 4, dtype=np.float16).reshape(3, 2, 4)
+    batches = [(x["features"].numpy(), x["tokens"].numpy().tolist(), y.numpy().tolist())
+               for x, y in make_dataset(features, tokens, batch_size=2)]
+    assert batches[0][1:] == ([[1, 5, 2, 0], [1, 5, 6, 7]], [[5, 2, 0, 0], [5, 6, 7, 2]])
+    assert batches[1][1:] == ([[1]], [[2]])
+    assert batches[0][0].dtype == np.float32 and (batches[1][0] == features[2]).all()
+    blank = [x["features"].numpy() for x, _ in make_dataset(features[:1], tokens, batch_size=2, blank=True)]
+    assert [len(b) for b in blank] == [2, 1] and all((b == features[0]).all() for b in blank)
+
+
+def test_cross_fitting_folds_are_equal_shares_fixed_by_the_seed():
+    folds = study_folds(10, 4, seed=0)
+    assert folds.dtype == np.int32 and sorted(np.bincount(folds).tolist()) == [2, 2, 3, 3]
+    assert (study_folds(10, 4, seed=0) == folds).all()
+    assert not (study_folds(10, 4, seed=1) == folds).all()
+    assert (study_folds(5, 1, seed=0) == 0).all()
+    # The folds travel with the finding targets, study by study, through the shuffle.
+    tokens = np.array([[1, 2, 0], [1, 3, 2], [1, 4, 2], [1, 2, 0]], dtype=np.int32)
+    features = np.zeros((4, 2, 3), np.float16)
+    findings = np.arange(4, dtype=np.float32)[:, None]
+    folds = np.array([3, 2, 1, 0], np.int32)
+    rows = [(x["findings"].numpy()[:, 0].tolist(), x["folds"].numpy().tolist())
+            for x, _ in make_dataset(features, tokens, 2, shuffle=True, findings=findings, folds=folds)]
+    pairs = [(f, k) for found, kept in rows for f, k in zip(found, kept)]
+    assert sorted(pairs) == [(0.0, 3), (1.0, 2), (2.0, 1), (3.0, 0)]
+    with pytest.raises(ValueError, match="folds"):
+        make_dataset(features, tokens, 2, folds=folds)
+
+
+def test_settings_are_checked():
+    assert train_settings({})["strategy"] == "none"
+    with pytest.raises(BadInput, match="unknown keys"):
+        train_settings({"train": {"epoch": 3}})
+    with pytest.raises(BadInput, match="strategy"):
+        train_settings({"train": {"strategy": "tpu"}})
+    with pytest.raises(BadInput, match="epochs"):
+        train_settings({"train": {"epochs": 0}})
+
+
+def test_misaligned_or_missing_features_are_refused(dataset, tmp_path):
+    features, prepared = dataset
+    with pytest.raises(BadInput, match="run the features stage"):
+        load_training_data(tmp_path, prepared, "pooled")
+    short = tmp_path / "short"
+    short.mkdir()
+    for name in ("blank.npz", "features.json", "features_train.npz"):
+        (short / name).write_bytes((features / name).read_bytes())
+    with np.load(features / "features_val.npz") as arrays:
+        np.savez(short / "features_val.npz", pooled=arrays["pooled"][:-1], spatial=arrays["spatial"][:-1])
+    with pytest.raises(BadInput, match="rows but studies.parquet has"):
+        load_training_data(short, prepared, "pooled")
+    with pytest.raises(BadInput, match="no 'regions' array"):
+        load_training_data(features, prepared, "regions")
+
+
+def test_the_gain_interval_is_a_paired_bootstrap_over_studies():
+    counts = np.full(40, 10.0)
+    image = np.full(40, 5.0)
+    # Every study 1 nat better with the image: the interval is that one value.
+    assert gain_interval(image + 1.0, image, counts) == pytest.approx((0.1, 0.1))
+    # Half the studies better, half worse by as much: the interval straddles zero.
+    mixed = image + np.where(np.arange(40) % 2 == 0, 2.0, -2.0)
+    low, high = gain_interval(mixed, image, counts)
+    assert low < 0 < high
+    # Same seed, same resamples.
+    assert gain_interval(mixed, image, counts, seed=3) == gain_interval(mixed, image, counts, seed=3)
+
+
+def test_roc_auc_counts_ordered_pairs_and_ties_as_half():
+    from cxrgen.modeling.train import roc_auc
+    labels = np.array([0, 0, 1, 1, 0, 1])
+    scores = np.array([0.1, 0.4, 0.35, 0.8, 0.8, 0.9])
+    # Positive-negative pairs: 9; the positive ranks above the negative in 6.5 (0.8 vs 0.8 is half).
+    assert roc_auc(labels, scores) == pytest.approx(6.5 / 9)
+    assert roc_auc(labels, -scores) == pytest.approx(2.5 / 9)
+    assert roc_auc(np.zeros(4), np.arange(4)) is None

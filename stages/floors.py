@@ -1,12 +1,14 @@
-"""DVC stage `floors`: the constant and retrieval reports every model must beat, scored on test.
+"""DVC stage `floors`: the constant and retrieval reports every model must beat, and the label
+oracle (a ceiling), scored on test.
 
 Reads params `evaluate` only (not `decode`, not the models): floors do not change with a beam width.
 """
 
 import argparse
 
-from cxrgen.evaluation.evaluate import run_floors
+from cxrgen.evaluation.evaluate import FLOOR_STAGE_SYSTEMS, run_floors
 from cxrgen.params import load_params
+from cxrgen.quiet import import_tensorflow
 from cxrgen.stage import run_stage
 
 
@@ -17,14 +19,21 @@ def main() -> None:
     parser.add_argument("--features", default="data/features")
     parser.add_argument("--data-metrics", default="metrics/data.json")
     parser.add_argument("--predictions", default="data/predictions/floors.parquet")
-    parser.add_argument("--metrics", default="metrics/floors.json")
+    parser.add_argument("--metrics", default="metrics/details/floors.json", help="the detailed metrics")
+    parser.add_argument("--headline", default="metrics", help="folder for floor_<name>.json and oracle.json")
     args = parser.parse_args()
+    import_tensorflow()   # the retrieval floor reads the features through TensorFlow's loader
     metrics = run_floors(args.prepared, args.features, load_params(args.params), args.data_metrics,
-                         args.predictions, args.metrics)
-    for name in ("constant", "retrieval"):
+                         args.predictions, args.metrics, args.headline)
+    for name in FLOOR_STAGE_SYSTEMS:
         row = metrics[name]
-        print(f"floors: {name}: BLEU-4 {row['bleu_4']:.3f}, clinical micro-F1 "
-              f"{row['micro_f1'] if row['micro_f1'] is None else round(row['micro_f1'], 3)}", flush=True)
+        print(f"floors: {name}: BLEU-4 {row['bleu_4']:.3f}, abnormal-finding F1 {_rounded(row['abnormal_f1'])}, "
+              f"14-observation micro-F1 {_rounded(row['micro_f1'])}, {row['distinct_reports']} distinct reports",
+              flush=True)
+
+
+def _rounded(value):
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 if __name__ == "__main__":

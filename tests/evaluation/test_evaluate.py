@@ -40,6 +40,40 @@ def test_summary_has_intervals_around_the_estimates_and_the_clinical_detail():
     assert row["meteor"] is None and "meteor_low" not in row
     assert row["clinical"]["per_observation"]["Cardiomegaly"]["support"] == 10
     assert row["distinct_reports"] == 2     # the constant is also the normal reference
+    assert row["distinct_fraction"] == pytest.approx(2 / 30, abs=1e-6)
+
+
+def test_abnormal_finding_f1_does_not_reward_a_normal_template():
+    """The constant normal report is right on every normal study's "No Finding" (14-observation
+    micro-F1 well above 0) but states no abnormal finding: abnormal-finding F1 is 0."""
+    floor = evaluate.summary(_score([CONSTANT] * len(REFERENCES)), SETTINGS)
+    assert floor["micro_f1"] > 0.25
+    assert floor["abnormal_f1"] == 0.0 and floor["abnormal_recall"] == 0.0
+    perfect = evaluate.summary(_score(list(REFERENCES)), SETTINGS)
+    assert perfect["abnormal_f1"] == pytest.approx(1.0)
+    assert perfect["abnormal_f1_low"] == pytest.approx(1.0)
+    versus = evaluate.versus(_score(list(REFERENCES)), _score([CONSTANT] * len(REFERENCES)), SETTINGS)
+    assert versus["abnormal_f1"]["verdict"] == "better"
+
+
+def test_headline_is_flat_rounded_and_the_same_for_every_system():
+    row = evaluate.summary(_score([CONSTANT] * 15 + list(REFERENCES[15:])), SETTINGS)
+    head = evaluate.headline(row, {"image_gain": 0.0123})
+    assert list(head) == [name for name, _ in evaluate.HEADLINE] + ["image_gain"]
+    assert all(not isinstance(v, (dict, list)) for v in head.values())
+    assert head["f1_abnormal"] == round(row["abnormal_f1"], 4) and head["distinct"] == round(2 / 30, 4)
+    assert head["meteor"] is None          # missing stays missing
+
+
+def test_true_labels_come_from_mesh_terms():
+    import pandas as pd
+    studies = pd.DataFrame({"split": ["train", "train", "test"], "text": ["a", "b", "c"],
+                            "mesh_major": [["Cardiomegaly/mild"], ["No Indexing"], ["normal"]]})
+    labels, indexed = evaluate.true_labels(studies, "train")
+    assert indexed.tolist() == [True, False]
+    assert labels[0, labeler.OBSERVATIONS.index("Cardiomegaly")] and not labels[1].any()
+    labels, indexed = evaluate.true_labels(studies, "test")
+    assert labels[0, labeler.OBSERVATIONS.index("No Finding")] and indexed.tolist() == [True]
 
 
 def test_predictions_table_keeps_every_system_and_label(tmp_path):

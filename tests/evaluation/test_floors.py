@@ -49,3 +49,17 @@ def test_retrieval_ties_go_to_the_first_training_study():
     train[2] = [[5, 0, 0, 0], [0, 5, 0, 0]]
     nearest = floors.nearest_training_study(train, train[:1])
     assert nearest.tolist() == [0]
+
+
+def test_label_oracle_takes_the_training_report_with_the_closest_labels():
+    train_labels = np.array([[1, 0, 0], [0, 1, 0], [0, 1, 1], [0, 1, 0]], bool)
+    train_texts = ["normal", "effusion", "effusion and edema", "effusion again"]
+    test_labels = np.array([[0, 1, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1]], bool)
+    chosen = floors.label_oracle_reports(train_labels, train_texts, test_labels)
+    # exact matches first; ties (distance 1 to rows 0 and 1; to rows 2, 1 and 3) go to the first in order
+    assert chosen == ["effusion and edema", "effusion", "normal", "effusion and edema"]
+
+
+def test_label_oracle_needs_one_label_row_per_report():
+    with pytest.raises(ValueError):
+        floors.label_oracle_reports(np.zeros((2, 3), bool), ["a"], np.zeros((1, 3), bool))

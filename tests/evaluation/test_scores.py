@@ -421,6 +421,27 @@ def test_bootstrap_replicates_are_the_metrics_of_each_resample():
         assert reps["cider"][b] == pytest.approx(scores.cider_per_study[idx].mean())  # fixed idf
         resampled_clinical = clinical_metrics(gen[idx], ref[idx], [f"o{i}" for i in range(14)])
         assert reps["micro_f1"][b] == pytest.approx(resampled_clinical["micro_f1"])
+        # no "No Finding" among these names: every observation counts as abnormal
+        assert reps["abnormal_f1"][b] == pytest.approx(resampled_clinical["abnormal_f1"])
+
+
+def test_abnormal_findings_leave_no_finding_out_by_hand():
+    names = ["No Finding", "A", "B"]
+    #            study 1: normal, said normal    study 2: A, said normal    study 3: A and B, said A
+    ref = np.array([[1, nan, nan], [nan, 1, nan], [nan, 1, 1]])
+    gen = np.array([[1, nan, nan], [1, nan, nan], [nan, 1, nan]])
+    m = clinical_metrics(gen, ref, names)
+    assert m["micro_f1"] == pytest.approx(2 * 2 / (2 * 2 + 1 + 2))        # tp 2 (NF, A), fp 1, fn 2
+    assert m["abnormal_precision"] == 1.0 and m["abnormal_recall"] == pytest.approx(1 / 3)
+    assert m["abnormal_f1"] == pytest.approx(2 * 1 / (2 * 1 + 0 + 2))
+    assert m["abnormal_macro_f1"] == pytest.approx((2 / 3 + 0.0) / 2) and m["abnormal_macro_f1_n"] == 2
+    assert "abnormal_columns" not in json_ready(m)
+    counts = resample_counts(3, 4, seed=0)
+    reps = bootstrap_replicates(None, m, counts)
+    for b in range(4):
+        idx = np.repeat(np.arange(3), counts[b])
+        again = clinical_metrics(gen[idx], ref[idx], names)["abnormal_f1"]
+        assert (np.isnan(reps["abnormal_f1"][b]) and again is None) or reps["abnormal_f1"][b] == pytest.approx(again)
 
 
 def test_bootstrap_is_deterministic_and_contains_the_estimate(findings):

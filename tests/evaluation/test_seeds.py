@@ -12,9 +12,9 @@ def _run(name: str, seed: int, f1: float, bleu: float, epochs: int = 6) -> dict:
     return {"rev": f"{seed:040d}", "name": name, "data": {
         "params": {"params.yaml": {"data": {"train": {"seed": seed, "epochs": epochs}, "decode": {"beam_width": 3}}}},
         "metrics": {
-            "metrics/attention.json": {"data": {"beam": {"bleu_4": bleu, "micro_f1": f1, "meteor": None},
-                                                "beam_vs_retrieval": {"micro_f1": {"difference": f1 - 0.3}}}},
-            "metrics/train_attention.json": {"data": {"val_loss_gain": 0.01 * seed}},
+            "metrics/attention.json": {"data": {"bleu_4": bleu, "f1_abnormal": f1, "meteor": None,
+                                                "image_gain": 0.01 * seed}},
+            "metrics/floor_retrieval.json": {"data": {"bleu_4": 0.1, "f1_abnormal": 0.3}},
         }}}
 
 
@@ -29,7 +29,9 @@ def test_mean_and_sample_std_per_metric_and_model():
     (rows,) = groups.values()
     assert [r["seed"] for r in rows] == [0, 1, 2]
     text = summary_markdown(groups)
-    assert "| attention | CE F1 | 0.500 ± 0.100 | 3 |" in text
+    assert "| attention | abnormal F1 | 0.500 ± 0.100 | 3 |" in text
+    assert "| attention | abnormal F1 − retrieval floor | 0.200 ± 0.100 | 3 |" in text
+    assert "| attention | val loss gain | 0.010 ± 0.010 | 3 |" in text
     assert "| attention | BLEU-4 | 0.120 ± 0.020 | 3 |" in text
     assert "METEOR" not in text                       # null everywhere: not shown as a number
     assert "seeds 0 (s0), 1 (s1), 2 (s2)" in text

@@ -27,8 +27,17 @@ from cxrgen.params import with_defaults
 from cxrgen.tables import read_parquet, write_parquet
 
 EVALUATE_DEFAULTS = {"n_resamples": 1000, "seed": 0, "uncertain_as_positive": False, "batch_size": 64}
-MAIN_METRICS = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider", "micro_f1")
-FLOORS = ("constant", "retrieval")
+MAIN_METRICS = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider", "micro_f1", "abnormal_f1")
+FLOORS = ("constant", "retrieval")          # what a model must beat
+ORACLE = "label_oracle"                     # a ceiling beside them (see floors.py)
+FLOOR_STAGE_SYSTEMS = (*FLOORS, ORACLE)
+# What DVC shows as metrics (`dvc metrics show`, `dvc exp show`, `dvc metrics diff`): one flat file per
+# system with the same keys, so models and floors line up as rows of one narrow table. Everything
+# else (greedy decoding, intervals, per-observation counts, paired differences) is in metrics/details/.
+HEADLINE = (("bleu_1", "bleu_1"), ("bleu_2", "bleu_2"), ("bleu_3", "bleu_3"), ("bleu_4", "bleu_4"),
+            ("meteor", "meteor"), ("rouge_l", "rouge_l"), ("cider", "cider"),
+            ("f1_abnormal", "abnormal_f1"), ("f1_14", "micro_f1"), ("distinct", "distinct_fraction"),
+            ("tokens", "mean_tokens"))
 
 
 def evaluate_settings(params: dict) -> dict:
@@ -108,9 +117,12 @@ def summary(scored: Scored, settings: dict) -> dict:
         if interval is not None:
             result[f"{metric}_low"] = round(interval["low"], 6)
             result[f"{metric}_high"] = round(interval["high"], 6)
+    for key in ("abnormal_f1", "abnormal_precision", "abnormal_recall", "abnormal_macro_f1", "abnormal_macro_f1_n"):
+        result[key] = clinical[key]
     lengths = np.array([len(t.split()) for t in scored.texts])
     result["mean_tokens"] = round(float(lengths.mean()), 3) if len(lengths) else None
     result["distinct_reports"] = len(set(scored.texts))
+    result["distinct_fraction"] = round(len(set(scored.texts)) / len(scored.texts), 6) if scored.texts else None
     result["clinical"] = clinical
     return {key: (round(value, 6) if isinstance(value, float) else value) for key, value in result.items()}
 
@@ -129,6 +141,15 @@ def versus(a: Scored, b: Scored, settings: dict) -> dict:
         out[metric] = {"difference": round(d["estimate"], 6), "low": round(d["low"], 6),
                        "high": round(d["high"], 6), "verdict": verdict}
     return out
+
+
+def headline(record: dict, extra: dict | None = None) -> dict:
+    """The few numbers DVC shows for one system (rounded to 4 places), from its `summary`."""
+    out = {}
+    for name, key in HEADLINE:
+        value = record.get(key)
+        out[name] = round(value, 4) if isinstance(value, float) else value
+    return {**out, **(extra or {})}
 
 
 def _label_lists(labels: np.ndarray) -> list[list[int | None]]:
@@ -175,6 +196,23 @@ def _pooled(features_dir: Path, split: str) -> np.ndarray:
     return load_features(features_dir / f"features_{split}.npz", "pooled")
 
 
+def true_labels(studies: pd.DataFrame, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 14) bool positives from the human MeSH terms of a split's studies, and which rows had terms.
+
+    Rows without MeSH terms (unindexed reports) are all False and flagged False in the second array.
+    """
+    rows = studies[studies["split"] == split]
+    labels = np.zeros((len(rows), len(labeler.OBSERVATIONS)), bool)
+    indexed = np.zeros(len(rows), bool)
+    if "mesh_major" in rows:
+        for i, terms in enumerate(rows["mesh_major"].tolist()):
+            stated = labeler.mesh_observations(None if terms is None else list(terms))
+            if stated is not None:
+                indexed[i] = True
+                labels[i] = [name in stated for name in labeler.OBSERVATIONS]
+    return labels, indexed
+
+
 def floor_reports(studies: pd.DataFrame, features_dir: str | Path) -> tuple[dict[str, list[str]], dict]:
     features_dir = Path(features_dir)
     _, train_texts = split_texts(studies, "train")
@@ -182,13 +220,30 @@ def floor_reports(studies: pd.DataFrame, features_dir: str | Path) -> tuple[dict
     _, test_texts = split_texts(studies, "test")
     constant, val_bleu_4 = floors.constant_report(train_texts, val_texts)
     retrieved = floors.retrieval_reports(_pooled(features_dir, "train"), train_texts, _pooled(features_dir, "test"))
+    # The oracle's truth is the human MeSH indexing (the synthetic source writes MeSH terms from the
+    # findings it drew); a test study without terms falls back to the labeler's reading of its report.
+    train_truth, train_indexed = true_labels(studies, "train")
+    test_truth, test_indexed = true_labels(studies, "test")
+    if not train_indexed.any():
+        raise BadInput("studies.parquet", "no training study has MeSH terms: the label oracle has no truth to match")
+    fallback = labeler.positive_matrix(labeler.label_matrix(test_texts))
+    test_truth = np.where(test_indexed[:, None], test_truth, fallback)
+    oracle = floors.label_oracle_reports(train_truth[train_indexed],
+                                         [t for t, ok in zip(train_texts, train_indexed) if ok], test_truth)
     chosen = {"constant_report": constant, "constant_val_bleu_4": round(val_bleu_4, 6),
-              "retrieval": "nearest training study by cosine of whitened pooled features (both views)"}
-    return {"constant": [constant] * len(test_texts), "retrieval": retrieved}, chosen
+              "retrieval": "nearest training study by cosine of whitened pooled features (both views)",
+              "label_oracle": "training study whose MeSH-derived labels differ from the test study's true "
+                              "labels in the fewest of the 14 observations",
+              "label_oracle_truth": {"test_studies_with_mesh": int(test_indexed.sum()),
+                                     "test_studies_labeler_fallback": int((~test_indexed).sum()),
+                                     "training_candidates": int(train_indexed.sum())}}
+    return {"constant": [constant] * len(test_texts), "retrieval": retrieved, ORACLE: oracle}, chosen
 
 
 def run_floors(prepared_dir: str | Path, features_dir: str | Path, params: dict, data_metrics_path: str | Path,
-               predictions_path: str | Path, metrics_path: str | Path) -> dict:
+               predictions_path: str | Path, metrics_path: str | Path, headline_dir: str | Path) -> dict:
+    """Score the floors and the label oracle; details to `metrics_path`, one headline file per system
+    (`<headline_dir>/floor_<name>.json`, the oracle's `oracle.json`) for DVC."""
     settings = evaluate_settings(params)
     studies = load_studies(prepared_dir)
     report_ids, references = split_texts(studies, "test")
@@ -196,15 +251,20 @@ def run_floors(prepared_dir: str | Path, features_dir: str | Path, params: dict,
     texts, chosen = floor_reports(studies, features_dir)
     with scores.MeteorScorer() as meteor:
         systems = {name: score_system(texts[name], references, reference_labels, settings, meteor)
-                   for name in FLOORS}
+                   for name in FLOOR_STAGE_SYSTEMS}
     write_predictions(predictions_path, report_ids, references, reference_labels, systems)
     metrics = {
         **provenance(_read_json(Path(data_metrics_path)), _read_json(Path(features_dir) / "features.json")),
         "test_studies": len(references),
+        "reference_mean_tokens": round(float(np.mean([len(r.split()) for r in references])), 3),
         "labeler": labeler.LABELER_VERSION,
+        "bootstrap": {"n_resamples": settings["n_resamples"], "seed": settings["seed"]},
         **chosen,
         **{name: summary(scored, settings) for name, scored in systems.items()},
     }
+    for name in FLOOR_STAGE_SYSTEMS:
+        filename = "oracle.json" if name == ORACLE else f"floor_{name}.json"
+        write_json_atomic(Path(headline_dir) / filename, headline(metrics[name]))
     write_json_atomic(metrics_path, metrics)
     return metrics
 
@@ -213,7 +273,10 @@ def load_floors(predictions_path: str | Path, report_ids: list[str]) -> dict[str
     table = read_parquet(predictions_path)
     if table["report_id"].tolist() != report_ids:
         raise BadInput(predictions_path, "its test studies differ from data/prepared's (rerun the floors stage)")
-    return {name: table[name].tolist() for name in FLOORS}
+    missing = [name for name in FLOOR_STAGE_SYSTEMS if name not in table]
+    if missing:
+        raise BadInput(predictions_path, f"no {', '.join(missing)} column (rerun the floors stage)")
+    return {name: table[name].tolist() for name in FLOOR_STAGE_SYSTEMS}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,7 +286,9 @@ def load_floors(predictions_path: str | Path, report_ids: list[str]) -> dict[str
 def run_evaluate(model_name: str, params: dict, model_path: str | Path, prepared_dir: str | Path,
                  features_dir: str | Path, floors_path: str | Path, data_metrics_path: str | Path,
                  train_metrics_path: str | Path, predictions_path: str | Path, metrics_path: str | Path,
-                 plots_dir: str | Path) -> dict:
+                 plots_dir: str | Path, headline_path: str | Path) -> dict:
+    """Decode the test split (greedy and beam) and score it; details to `metrics_path`, the beam
+    decoding's headline (plus the training run's image gain) to `headline_path` for DVC."""
     from cxrgen.data.vocab import Vocab
     from cxrgen.modeling.decode import DecodeSettings, beam_search, greedy
     from cxrgen.modeling.models import load_model
@@ -252,16 +317,19 @@ def run_evaluate(model_name: str, params: dict, model_path: str | Path, prepared
         systems = {name: score_system(t, references, reference_labels, settings, meteor) for name, t in texts.items()}
 
     data_metrics = _read_json(Path(data_metrics_path))
+    train_metrics = _read_json(Path(train_metrics_path))
     metrics = {
         "model": model_name,
-        **provenance(data_metrics, _read_json(features_dir / "features.json"), _read_json(Path(train_metrics_path))),
+        **provenance(data_metrics, _read_json(features_dir / "features.json"), train_metrics),
         "decode": {"beam_width": decode.beam_width, "length_penalty": decode.length_penalty,
                    "no_repeat_ngram": decode.no_repeat_ngram, "max_len": decode.max_len},
         "test_studies": len(references),
+        "reference_mean_tokens": round(float(np.mean([len(r.split()) for r in references])), 3),
         "labeler": labeler.LABELER_VERSION,
         "bootstrap": {"n_resamples": settings["n_resamples"], "seed": settings["seed"]},
         "greedy": summary(systems["greedy"], settings),
         "beam": summary(systems["beam"], settings),
+        ORACLE: summary(systems[ORACLE], settings),
     }
     for decoding in ("greedy", "beam"):
         for floor in FLOORS:
@@ -271,5 +339,7 @@ def run_evaluate(model_name: str, params: dict, model_path: str | Path, prepared
                       {name: systems[name] for name in ("greedy", "beam")})
     write_json_atomic(plots_dir / f"f1_{model_name}.json", f1_plot(systems["beam"]))
     write_json_atomic(plots_dir / f"length_{model_name}.json", length_plot(systems["beam"], references))
+    gain = train_metrics.get("val_loss_gain")
+    write_json_atomic(headline_path, headline(metrics["beam"], {"image_gain": None if gain is None else round(gain, 4)}))
     write_json_atomic(metrics_path, metrics)
     return metrics

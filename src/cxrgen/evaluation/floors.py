@@ -9,6 +9,10 @@ model is shown beside:
              nearest (cosine similarity of the two views' pooled vectors, whitened with the
              training statistics as the models whiten them): a model that only copies the closest
              training case.
+
+Beside them, a ceiling: `label_oracle` gives each test study the report of the training study whose
+*true* labels (the human MeSH terms, mapped to the 14 observations) best match the test study's: what
+a perfect reader of the image reaches when it can only retrieve a training report.
 """
 
 from __future__ import annotations
@@ -57,3 +61,17 @@ def nearest_training_study(train_pooled: np.ndarray, query_pooled: np.ndarray) -
 def retrieval_reports(train_pooled: np.ndarray, train_texts: list[str], query_pooled: np.ndarray) -> list[str]:
     nearest = nearest_training_study(train_pooled, query_pooled)
     return [train_texts[i] for i in nearest]
+
+
+def label_oracle_reports(train_labels: np.ndarray, train_texts: list[str], test_labels: np.ndarray) -> list[str]:
+    """For each test study, the report of the training study whose (n, 14) bool labels differ from
+    its labels in the fewest observations (ties: the lowest index, i.e. the first in training order)."""
+    train_labels, test_labels = np.asarray(train_labels, bool), np.asarray(test_labels, bool)
+    if len(train_labels) != len(train_texts) or not len(train_texts):
+        raise ValueError("the label oracle needs one label row per training report, and some reports")
+    chosen = []
+    for start in range(0, len(test_labels), 256):   # bounded memory: 256 x n_train x 14 at a time
+        block = test_labels[start:start + 256]
+        distance = (block[:, None, :] != train_labels[None, :, :]).sum(axis=-1)
+        chosen.extend(np.argmin(distance, axis=1).tolist())   # argmin: the first of equal minima
+    return [train_texts[i] for i in chosen]

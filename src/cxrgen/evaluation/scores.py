@@ -464,6 +464,7 @@ def clinical_metrics(
     reference_labels,
     observations: Sequence[str],
     uncertain_as_positive: bool = False,
+    normal: str | None = "No Finding",
 ) -> dict:
     """Clinical correctness: does the generated report state the reference's positive findings?
 
@@ -481,6 +482,13 @@ def clinical_metrics(
     only one side has positives). None is never replaced by 0. Macro P/R/F1 average the
     observations where the value is defined, and `macro_*_n` says how many that was (out of
     `n_observations`); micro P/R/F1 use tp/fp/fn summed over all observations and studies.
+
+    Abnormal findings: `abnormal_precision` / `abnormal_recall` / `abnormal_f1` are the micro
+    values over every observation except `normal` ("No Finding", which most IU studies have: a
+    report that never states anything abnormal scores well on it, so the 14-observation micro-F1
+    cannot tell a template from a reader). `abnormal_macro_f1` averages F1 over the abnormal
+    observations with reference support (`abnormal_macro_f1_n` of them). When `normal` is not
+    among the observations, all of them count as abnormal.
 
     Returns a dict; everything is JSON-ready except "per_study" ({"tp", "fp", "fn"}: int64 arrays
     of shape (n_studies, n_observations), for the bootstrap). `json_ready` drops it.
@@ -522,6 +530,15 @@ def clinical_metrics(
         value, count = _mean_defined([m[key] for m in per_observation.values()])
         result[f"macro_{key}"] = value
         result[f"macro_{key}_n"] = count
+    abnormal = np.array([name != normal for name in observations])
+    micro_abnormal = _prf(int(tp[:, abnormal].sum()), int(fp[:, abnormal].sum()), int(fn[:, abnormal].sum()))
+    for key in ("precision", "recall", "f1"):
+        result[f"abnormal_{key}"] = micro_abnormal[key]
+    supported = [per_observation[name]["f1"] for name in observations
+                 if name != normal and per_observation[name]["support"] > 0]
+    result["abnormal_macro_f1"] = sum(supported) / len(supported) if supported else None
+    result["abnormal_macro_f1_n"] = len(supported)
+    result["abnormal_columns"] = [int(j) for j in np.flatnonzero(abnormal)]
     result["positives_generated"] = int(gen.sum())
     result["positives_reference"] = int(ref.sum())
     result["per_observation"] = per_observation
@@ -533,12 +550,13 @@ def json_ready(scores: TextScores | dict) -> dict:
     """The JSON-ready part of `text_metrics` or `clinical_metrics` output (no per-study arrays)."""
     if isinstance(scores, TextScores):
         return scores.as_dict()
-    return {key: value for key, value in scores.items() if key != "per_study"}
+    return {key: value for key, value in scores.items() if key not in ("per_study", "abnormal_columns")}
 
 
 # =========================================================================== bootstrap
 
-BOOTSTRAP_METRICS = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider", "micro_f1")
+BOOTSTRAP_METRICS = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider", "micro_f1",
+                     "abnormal_f1")
 
 
 def _micro_f1_from_totals(tp, fp, fn) -> np.ndarray:
@@ -588,6 +606,10 @@ def _replicates(text_scores: TextScores | None, clinical_scores: dict | None, co
         per_study = clinical_scores["per_study"]
         totals = [counts @ per_study[key].sum(axis=1) for key in ("tp", "fp", "fn")]
         out["micro_f1"] = (clinical_scores["micro_f1"], _micro_f1_from_totals(*totals))
+        if "abnormal_columns" in clinical_scores:
+            columns = clinical_scores["abnormal_columns"]
+            totals = [counts @ per_study[key][:, columns].sum(axis=1) for key in ("tp", "fp", "fn")]
+            out["abnormal_f1"] = (clinical_scores["abnormal_f1"], _micro_f1_from_totals(*totals))
     return out
 
 
@@ -638,7 +660,8 @@ def bootstrap(
       without the shift the interval would miss the reported score; the shift assumes that gap is
       the same on every resample. None when METEOR is None;
     - micro_f1 (clinical, when given): 2tp / (2tp + fp + fn) from the resample's summed counts;
-      resamples where it is undefined are left out and counted in "n_undefined".
+      resamples where it is undefined are left out and counted in "n_undefined"; abnormal_f1 the
+      same over the abnormal observations only.
     "estimate" is the score on all studies (as reported); low/high are the (1-confidence)/2 and
     1-(1-confidence)/2 quantiles of the replicates. A metric whose score is None maps to None.
     """

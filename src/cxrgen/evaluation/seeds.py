@@ -23,10 +23,11 @@ from cxrgen.errors import CxrgenError
 from cxrgen.files import atomic_path
 
 MODELS = ("baseline", "attention")
-METRICS = (("BLEU-4", ("beam", "bleu_4")), ("METEOR", ("beam", "meteor")), ("ROUGE-L", ("beam", "rouge_l")),
-           ("CIDEr", ("beam", "cider")), ("CE F1", ("beam", "micro_f1")),
-           ("CE F1 − retrieval floor", ("beam_vs_retrieval", "micro_f1", "difference")),
-           ("val loss gain", ("val_loss_gain",)))
+# (label, key in metrics/<model>.json, the headline DVC records); beam decoding, test split.
+METRICS = (("BLEU-4", "bleu_4"), ("METEOR", "meteor"), ("ROUGE-L", "rouge_l"), ("CIDEr", "cider"),
+           ("abnormal F1", "f1_abnormal"), ("14-obs F1", "f1_14"), ("distinct", "distinct"),
+           ("val loss gain", "image_gain"))
+VERSUS_RETRIEVAL = "abnormal F1 − retrieval floor"
 SEED_KEY = ("train", "seed")
 
 
@@ -61,13 +62,14 @@ def collect(exp_show: list) -> dict[str, list[dict]]:
         params = _get(run["data"], ("params", "params.yaml", "data")) or {}
         metrics = run["data"].get("metrics") or {}
         row = {"name": run["name"], "seed": _get(params, SEED_KEY)}
+        retrieval = _get(metrics, ("metrics/floor_retrieval.json", "data")) or {}
         for model in MODELS:
             evaluated = _get(metrics, (f"metrics/{model}.json", "data")) or {}
-            trained = _get(metrics, (f"metrics/train_{model}.json", "data")) or {}
-            for label, path in METRICS:
-                value = _get(trained if path == ("val_loss_gain",) else evaluated, path)
-                if value is not None:
-                    row[f"{model} {label}"] = value
+            for label, key in METRICS:
+                if evaluated.get(key) is not None:
+                    row[f"{model} {label}"] = evaluated[key]
+            if evaluated.get("f1_abnormal") is not None and retrieval.get("f1_abnormal") is not None:
+                row[f"{model} {VERSUS_RETRIEVAL}"] = evaluated["f1_abnormal"] - retrieval["f1_abnormal"]
         if len(row) == 2:
             continue   # a run without evaluation metrics
         settings = json.loads(json.dumps(params))
@@ -85,7 +87,7 @@ def summary_markdown(groups: dict[str, list[dict]]) -> str:
         lines += [f"## Settings group {number}: {len(rows)} run(s), seeds {seeds}", "",
                   "| model | metric | mean ± std | n |", "|---|---|---|---|"]
         for model in MODELS:
-            for label, _ in METRICS:
+            for label in [label for label, _ in METRICS] + [VERSUS_RETRIEVAL]:
                 values = [r[f"{model} {label}"] for r in rows if f"{model} {label}" in r]
                 if not values:
                     continue

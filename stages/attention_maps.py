@@ -6,14 +6,12 @@ seed) are written beside it as JSON.
 
 import argparse
 import json
-import os
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from cxrgen.files import write_json_atomic  # noqa: E402
-from cxrgen.params import load_params  # noqa: E402
-from cxrgen.stage import run_stage  # noqa: E402
+from cxrgen.files import write_json_atomic
+from cxrgen.params import load_params
+from cxrgen.quiet import import_tensorflow
+from cxrgen.stage import run_stage
 
 
 def main() -> None:
@@ -30,6 +28,7 @@ def main() -> None:
 
     import numpy as np
 
+    import_tensorflow()
     from cxrgen.assistant.attention_maps import write_attention_examples
     from cxrgen.assistant.generate import load_provenance
     from cxrgen.data.vocab import Vocab

@@ -1,12 +1,12 @@
 """DVC stage `features`: data/prepared images → data/features (DenseNet121 / CheXNet feature maps)."""
 
-import os
+import argparse
+import json
+from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from cxrgen.quiet import import_tensorflow
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-from pathlib import Path  # noqa: E402
+import_tensorflow()
 
 from cxrgen.data.split import SPLITS  # noqa: E402
 from cxrgen.features.densenet import run_features  # noqa: E402

@@ -4,13 +4,11 @@ Reads params `train` and `model.<name>` only (never `decode`: a new beam width m
 """
 
 import argparse
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from cxrgen.params import load_params  # noqa: E402
-from cxrgen.stage import run_stage  # noqa: E402
+from cxrgen.params import load_params
+from cxrgen.quiet import import_tensorflow
+from cxrgen.stage import run_stage
 
 
 def main() -> None:
@@ -25,9 +23,8 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params(args.params)
 
-    from cxrgen.modeling.train import (
-        train,  # TensorFlow loads here, after the arguments are checked
-    )
+    import_tensorflow()   # TensorFlow loads here, after the arguments are checked
+    from cxrgen.modeling.train import train
 
     metrics = train(
         args.model, params, args.features, args.prepared,
@@ -42,7 +39,12 @@ def main() -> None:
         summary += (f", blank images {metrics['val_loss_blank_images']:.4f},"
                     f" gain {metrics['val_loss_gain']:+.4f} (95% [{low:+.4f}, {high:+.4f}] over val studies)")
     print(summary, flush=True)
-    if not metrics.get("uses_images", True):
+    interval = metrics.get("val_loss_gain_interval")
+    if interval and interval[1] < 0:
+        print(f"train: warning: the {args.model} model is clearly WORSE with the images than with blank ones "
+              "(the whole gain interval is below zero): it learns something from the training images that "
+              "does not hold on val", file=sys.stderr, flush=True)
+    elif not metrics.get("uses_images", True):
         print(f"train: warning: the {args.model} model is not clearly better with the images than with blank "
               "ones (the gain's interval reaches zero)", file=sys.stderr, flush=True)
 

@@ -104,7 +104,9 @@ def _check_args(args, parser: argparse.ArgumentParser) -> None:
 
 def run_generate(args, parser: argparse.ArgumentParser) -> int:
     _check_args(args, parser)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from cxrgen.quiet import import_tensorflow
+
+    import_tensorflow()
     from cxrgen.assistant.generate import get_assistant
 
     assistant = get_assistant(_project(args), args.model)
@@ -171,7 +173,14 @@ def run_folder(assistant, folder: Path, out: Path, beam: int | None, greedy: boo
     print(f"cxrgen: {len(rows) - failed} of {len(rows)} studies → {out}  ({provenance.line()})")
     for warning in provenance.warnings():
         print(f"WARNING: {warning}")
-    return 1 if failed == len(rows) else 0
+    if failed:   # the CSV holds the others; the exit status and stderr say that not all went through
+        left_out = [row for row in rows if row.get("error") and not row.get("report")]
+        print(f"cxrgen: error: {failed} of {len(rows)} studies left out (reasons in the CSV's error column):",
+              file=sys.stderr)
+        for row in left_out:
+            print(f"  {row['study']}: {row['error']}", file=sys.stderr)
+        return 1
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------

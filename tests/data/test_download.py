@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cxrgen.data.download import SYNTHETIC_COMMAND, NoSourceWorked, run_download
+from cxrgen.data.download import LOCAL_COMMAND, SYNTHETIC_COMMAND, NoSourceWorked, run_download
 from cxrgen.errors import BadInput, CxrgenError
 
 SMALL_SYNTHETIC = {"n_reports": 6, "seed": 1, "image_width": 128}
@@ -33,7 +33,7 @@ def test_no_source_gives_what_was_tried_and_the_synthetic_command(tmp_path):
     with pytest.raises(NoSourceWorked) as info:
         run_download(_params(tmp_path, ["local"], local={"path": None}), raw)
     message = str(info.value)
-    assert "local:" in message and SYNTHETIC_COMMAND in message
+    assert "local:" in message and SYNTHETIC_COMMAND in message and LOCAL_COMMAND in message
     assert not raw.exists()
     assert not list(raw.parent.glob(".raw.staging*"))
 

@@ -19,7 +19,9 @@ from cxrgen.files import write_json_atomic
 
 SOURCE_NAMES = ("torrent", "https", "local", "synthetic")
 SOURCE_RECORD = "source.json"
-SYNTHETIC_COMMAND = "dvc exp run -S 'download.sources=[synthetic]'"
+# Commands a user can paste into a fresh shell in the project root (no activated environment).
+SYNTHETIC_COMMAND = ".venv/bin/dvc exp run -S 'download.sources=[synthetic]'"
+LOCAL_COMMAND = ".venv/bin/dvc exp run -S 'download.sources=[local]' -S download.local.path=/path/to/your/copy"
 
 
 class NoSourceWorked(CxrgenError):
@@ -74,5 +76,7 @@ def run_download(params: dict, raw_dir: str | Path) -> dict:
         + "\n  ".join(tried)
         + "\nOffline? Run the same pipeline on the synthetic source instead:\n  "
         + SYNTHETIC_COMMAND
-        + "\nor set download.local.path in params.yaml to archives or folders you already have."
+        + "\nor, with the archives or extracted folders already on disk (a local source is tried only when"
+        " 'local' is in download.sources):\n  "
+        + LOCAL_COMMAND
     )

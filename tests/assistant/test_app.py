@@ -113,3 +113,21 @@ def test_a_missing_model_is_a_message(app_project, tmp_path, monkeypatch):
     assert any("not a diagnosis" in t for t in texts(at.info))
     at.radio(key="model").set_value("baseline").run()   # the other model still works
     assert not at.error and not at.exception
+
+
+def test_the_beam_width_starts_at_the_projects_setting(app_project, tmp_path, monkeypatch):
+    import yaml
+
+    project = tmp_path / "project"
+    shutil.copytree(app_project, project)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params.setdefault("decode", {})["beam_width"] = 5
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.setenv("CXRGEN_PROJECT", str(project))
+    at = AppTest.from_file(str(APP), default_timeout=180).run()
+    assert not at.exception
+    assert at.slider(key="beam").value == 5        # as `cxrgen generate` would decode
+    params["decode"]["beam_width"] = 1             # greedy in params.yaml: the page starts greedy
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    at = AppTest.from_file(str(APP), default_timeout=180).run()
+    assert at.radio(key="decoding").value == "greedy"

@@ -60,12 +60,15 @@ def test_a_bad_file_in_a_folder_is_one_row_with_its_error(app_project, tmp_path,
     (folder / "bad").mkdir()
     (folder / "good" / "a.png").write_bytes(xray_png())
     (folder / "bad" / "a.png").write_bytes(b"not a png")
+    # the others are written, but the exit status says that not every study went through
     assert main(["generate", "--folder", str(folder), "--out", str(tmp_path / "r.csv"), "--project",
-                 str(app_project), "--greedy"]) == 0
+                 str(app_project), "--greedy"]) == 1
     rows = {row["study"]: row for row in csv.DictReader((tmp_path / "r.csv").open())}
     assert rows["bad"]["error"].endswith("a.png: not an image (PNG, JPEG or DICOM expected)") and not rows["bad"]["report"]
     assert rows["good"]["report"]
-    assert "study bad left out" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "study bad left out" in err
+    assert "1 of 2 studies left out" in err and "bad: " in err and "not an image" in err
 
 
 def test_errors_are_one_line_from_the_installed_command(app_project, tmp_path):

@@ -103,6 +103,17 @@ def show_attention(report) -> None:
                           'to the most attended point of the two views)', width="stretch")
 
 
+def default_beam_width(project: str) -> int:
+    """The project's decode.beam_width (params.yaml), which `cxrgen generate` also uses; 3 when unset."""
+    from cxrgen.params import load_params
+
+    try:
+        width = int((load_params(os.path.join(project, "params.yaml")).get("decode") or {}).get("beam_width", 3))
+    except (CxrgenError, TypeError, ValueError):
+        return 3
+    return width if width >= 1 else 3
+
+
 def main() -> None:
     st.set_page_config(page_title="cxrgen · chest X-ray report assistant", page_icon="🩻", layout="wide")
     from cxrgen.assistant import generate
@@ -115,10 +126,13 @@ def main() -> None:
         st.header("Settings")
         model = st.radio("Model", generate.MODEL_NAMES, key="model",
                          format_func=lambda m: {"attention": "attention (with maps)", "baseline": "baseline"}[m])
-        decoding = st.radio("Decoding", ["beam search", "greedy"], key="decoding", horizontal=True)
+        configured = default_beam_width(project)
+        decoding = st.radio("Decoding", ["beam search", "greedy"], index=0 if configured > 1 else 1,
+                            key="decoding", horizontal=True)
         beam = None
         if decoding == "beam search":
-            beam = st.slider("Beam width", 2, 8, 3, key="beam")
+            beam = st.slider("Beam width", 2, 8, min(max(configured, 2), 8), key="beam",
+                             help="Starts at the project's decode.beam_width (params.yaml), as `cxrgen generate`.")
         st.caption(f"Project: `{os.path.abspath(project)}`")
 
     try:

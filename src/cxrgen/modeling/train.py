@@ -406,6 +406,9 @@ def train(model_name: str, params: dict, features_dir: str | Path, prepared_dir:
             metrics["val_finding_auc"] = head["per_observation"]
         save_model(real.model, model_path)
         if settings["image_control"]:
+            if verbose:   # Keras starts again at "Epoch 1/N": say which model that is
+                print(f"train: {model_name}: now the blank-image twin (same settings, two black images "
+                      "for every study; the control for val_loss_gain)", flush=True)
             control = fit(model_name, sizes, settings, data, strategy, blank=True,
                           callbacks=[LiveCurves(live, BLANK_PREFIX)], verbose=verbose)
             blank_sums, _ = study_token_losses(control.model, data.blank, data.tokens["val"], batch, blank=True)

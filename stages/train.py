@@ -9,13 +9,16 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from cxrgen.params import load_params  # noqa: E402
+from cxrgen.params import check_keys, load_params  # noqa: E402
 from cxrgen.stage import run_stage  # noqa: E402
+
+
+MODEL_NAMES = ["baseline", "attention"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", required=True, choices=["baseline", "attention"])
+    parser.add_argument("--model", required=True, choices=MODEL_NAMES)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--features", default="data/features")
     parser.add_argument("--prepared", default="data/prepared")
@@ -24,6 +27,7 @@ def main() -> None:
     parser.add_argument("--live", help="dvclive folder (default dvclive/<model>)")
     args = parser.parse_args()
     params = load_params(args.params)
+    check_keys(params.get("model"), MODEL_NAMES, "model", args.params)  # model.<typo> must not be ignored
 
     from cxrgen.modeling.train import (
         train,  # TensorFlow loads here, after the arguments are checked

@@ -74,8 +74,8 @@ def test_empty_and_missing_sections_are_null():
 
 
 @pytest.mark.parametrize("data, reason", [
-    (b"<eCitation><uId id='CXR1'/>", "malformed XML"),
-    (b"", "malformed XML"),
+    (b"<eCitation><uId id='CXR1'/>", "truncated XML"),
+    (b"", "empty file"),
     (b"<eCitation><pmcId id='1'/></eCitation>", "no <uId"),
 ])
 def test_unusable_xml_gives_a_reason(data, reason):

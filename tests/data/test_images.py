@@ -62,7 +62,7 @@ def test_transparent_pixels_become_black():
     assert out[:, :19].max() == 0 and out[:, 21:].min() == 255
 
 
-@pytest.mark.parametrize("data, reason", [(b"", "zero-byte"), (b"\x89PNG\r\n\x1a\n" + bytes(40), "corrupt")])
+@pytest.mark.parametrize("data, reason", [(b"", "zero-byte"), (b"\x89PNG\r\n\x1a\n" + bytes(40), "corrupt PNG header")])
 def test_bad_bytes_give_a_reason(data, reason):
     with pytest.raises(ValueError, match=reason):
         decode_png(data, SIZE)
@@ -70,7 +70,7 @@ def test_bad_bytes_give_a_reason(data, reason):
 
 def test_truncated_png_is_refused():
     data = _png(Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 200), dtype=np.uint8)))
-    with pytest.raises(ValueError, match="corrupt"):
+    with pytest.raises(ValueError, match="^truncated"):
         decode_png(data[: len(data) // 2], SIZE)
 
 

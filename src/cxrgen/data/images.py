@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import struct
+import warnings
 import zlib
 
 import numpy as np
@@ -93,7 +94,11 @@ def decode_png(data: bytes, size: int) -> np.ndarray:
     if not data:
         raise Unusable("zero-byte image file")
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with warnings.catch_warnings():
+            # Pillow warns when opening a header over its limit; the check below refuses it instead.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+        with image:
             width, height = image.size
             if width * height > Image.MAX_IMAGE_PIXELS:
                 # Pillow only warns up to twice its limit; refused here before any pixel is decoded.

@@ -93,7 +93,8 @@ def _empty_tables():
 @pytest.mark.parametrize("dotted", [f"{name}.{known[0]}x" for name, known in SECTION_KEYS.items()])
 def test_prepare_refuses_unknown_keys(tmp_path, dotted):
     params = _with(_project_params(), dotted, 1)
-    with pytest.raises(BadInput, match=rf"^params.yaml: {dotted.split('.')[0]} has unknown keys \['{dotted.split('.')[1]}'\]"):
+    section, key = dotted.split(".")
+    with pytest.raises(BadInput, match=rf"^params.yaml: {section} has unknown keys \['{key}'\]"):
         prepare(*_empty_tables(), tmp_path, params)
 
 

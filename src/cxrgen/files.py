@@ -35,7 +35,8 @@ def _remove_stale_partials(target: Path) -> None:
     with os.scandir(target.parent) as entries:
         for entry in entries:
             pid = entry.name[len(prefix):] if entry.name.startswith(prefix) else ""
-            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)) and entry.is_file(follow_symlinks=False):
+            stale = pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid))
+            if stale and entry.is_file(follow_symlinks=False):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.path)
 

@@ -1,13 +1,13 @@
-"""DVC stage `extract`: data/raw → data/interim/{reports,images}.parquet + metrics/extract.json."""
+"""DVC stage `extract`: data/raw → data/interim/{reports,images,dropped}.parquet + metrics/extract.json."""
 
 import argparse
 from pathlib import Path
 
-from cxrgen.data.extract import extract, projection_accuracy, projection_truth
+from cxrgen.data.extract import extract, extract_settings, projection_accuracy, projection_truth
 from cxrgen.files import write_json_atomic
 from cxrgen.params import load_params
 from cxrgen.stage import run_stage
-from cxrgen.tables import write_parquet
+from cxrgen.tables import write_dropped, write_parquet
 
 
 def main() -> None:
@@ -17,13 +17,14 @@ def main() -> None:
     parser.add_argument("--out", default="data/interim")
     parser.add_argument("--metrics", default="metrics/extract.json")
     args = parser.parse_args()
-    params = load_params(args.params).get("extract") or {}
+    settings = extract_settings(load_params(args.params), args.params)
 
-    reports, images, skipped, record = extract(args.raw)
-    truth, truth_name = projection_truth(Path(args.raw), record, images, params.get("projections_reference"))
+    reports, images, skipped, record = extract(args.raw, settings)
+    truth, truth_name = projection_truth(Path(args.raw), record, images, settings["projections_reference"])
     out = Path(args.out)
     write_parquet(reports, out / "reports.parquet")
     write_parquet(images, out / "images.parquet")
+    write_dropped(skipped.items, out / "dropped.parquet")
     write_json_atomic(args.metrics, {
         "data_source": record.get("source"),
         "layout": record.get("layout"),

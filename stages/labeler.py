@@ -12,7 +12,7 @@ from pathlib import Path
 from cxrgen.data.labeler import LABELER_VERSION, agreement_with_mesh
 from cxrgen.errors import BadInput
 from cxrgen.files import write_json_atomic
-from cxrgen.params import load_params
+from cxrgen.params import check_keys, load_params
 from cxrgen.stage import run_stage
 from cxrgen.tables import read_parquet
 
@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--extract-metrics", default="metrics/extract.json")
     parser.add_argument("--out", default="metrics/labeler.json")
     args = parser.parse_args()
-    params = load_params(args.params).get("labeler") or {}
+    params = check_keys(load_params(args.params).get("labeler"), ("sample_dir",), "labeler", args.params)
 
     reports_path = Path(args.reports)
     if not reports_path.is_file():

@@ -1,4 +1,5 @@
-"""DVC stage `prepare`: data/interim → data/prepared (studies, image arrays, vocabulary) + metrics/data.json."""
+"""DVC stage `prepare`: data/interim → data/prepared (studies, image arrays, vocabulary, the manifest of
+inputs left out) + metrics/data.json."""
 
 import argparse
 import json
@@ -8,7 +9,8 @@ from cxrgen.data.prepare import length_histogram, length_stats, prepare, save_ar
 from cxrgen.files import write_json_atomic
 from cxrgen.params import load_params
 from cxrgen.stage import run_stage
-from cxrgen.tables import read_parquet, write_parquet
+from cxrgen.errors import BadInput
+from cxrgen.tables import read_parquet, write_dropped, write_parquet
 
 
 def main() -> None:
@@ -25,9 +27,13 @@ def main() -> None:
     interim, out = Path(args.interim), Path(args.out)
     extract_metrics = json.loads(Path(args.extract_metrics).read_text())
 
+    if not (interim / "dropped.parquet").is_file():
+        raise BadInput(interim / "dropped.parquet", "missing: run the extract stage again")
+    extract_dropped = read_parquet(interim / "dropped.parquet").to_dict("records")
     result = prepare(read_parquet(interim / "reports.parquet"), read_parquet(interim / "images.parquet"),
-                     args.raw, params, extract_metrics["skipped"])
+                     args.raw, params, extract_metrics["skipped"], extract_dropped)
     write_parquet(result.studies, out / "studies.parquet")
+    write_dropped(result.dropped, out / "dropped.parquet")
     save_arrays(result.arrays, out)
     result.vocab.save(out / "vocab.json")
     write_json_atomic(args.metrics, {

@@ -6,14 +6,17 @@ Reads params `train` and `model.<name>` only (never `decode`: a new beam width m
 import argparse
 import sys
 
-from cxrgen.params import load_params
+from cxrgen.params import check_keys, load_params
 from cxrgen.quiet import import_tensorflow
 from cxrgen.stage import run_stage
 
 
+MODEL_NAMES = ["baseline", "attention"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", required=True, choices=["baseline", "attention"])
+    parser.add_argument("--model", required=True, choices=MODEL_NAMES)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--features", default="data/features")
     parser.add_argument("--prepared", default="data/prepared")
@@ -22,6 +25,7 @@ def main() -> None:
     parser.add_argument("--live", help="dvclive folder (default dvclive/<model>)")
     args = parser.parse_args()
     params = load_params(args.params)
+    check_keys(params.get("model"), MODEL_NAMES, "model", args.params)  # model.<typo> must not be ignored
 
     import_tensorflow()   # TensorFlow loads here, after the arguments are checked
     from cxrgen.modeling.train import train

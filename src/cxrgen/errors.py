@@ -24,3 +24,13 @@ class SourceUnavailable(CxrgenError):
 
 class ScoringInputError(CxrgenError, ValueError):
     """Texts or label matrices that cannot be scored (the message says which and why)."""
+
+
+class Unusable(ValueError):
+    """One input (a report file, an image) that is skipped, not fatal: `reason` is short and fixed,
+    because inputs are counted by it; `detail` says what exactly was wrong with this one."""
+
+    def __init__(self, reason: str, detail: str | None = None):
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason} ({detail})" if detail else reason)

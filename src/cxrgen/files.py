@@ -18,11 +18,39 @@ from cxrgen.errors import BadInput
 CHUNK = 1 << 20
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _remove_stale_partials(target: Path) -> None:
+    """Temporary files of `target` left by a process that no longer runs (killed with SIGKILL, or
+    the machine went down): nothing renamed them, nothing else would remove them."""
+    prefix = f".{target.name}.partial-"
+    with os.scandir(target.parent) as entries:
+        for entry in entries:
+            pid = entry.name[len(prefix):] if entry.name.startswith(prefix) else ""
+            stale = pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid))
+            if stale and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `target`; rename it onto `target` only if the block succeeds."""
+    """Yield a temporary path beside `target`; rename it onto `target` only if the block succeeds.
+
+    A process killed outright (SIGKILL) leaves its `.<name>.partial-<pid>`, never a partial file
+    under the final name; the next write of the same target removes such leftovers.
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_partials(target)
     tmp = target.with_name(f".{target.name}.partial-{os.getpid()}")
     try:
         yield tmp

@@ -29,11 +29,21 @@ def section(params: dict, name: str, path: str | Path = "params.yaml") -> dict:
     return value
 
 
+def check_keys(given, known, where: str, path: str | Path = "params.yaml") -> dict:
+    """The mapping `given` (params.yaml at `where`, e.g. "download.local"), or {} when absent; a key
+    the code does not know is an error naming the file and the key (a typo must not be ignored)."""
+    if given is None:
+        return {}
+    if not isinstance(given, dict):
+        raise BadInput(path, f"{where} must be a mapping of settings, not {given!r}")
+    unknown = set(given) - set(known)
+    if unknown:
+        raise BadInput(path, f"{where} has unknown keys {sorted(unknown)}; known: {sorted(known)}")
+    return given
+
+
 def with_defaults(params: dict, name: str, defaults: dict, path: str | Path = "params.yaml") -> dict:
     """Section `name` over its defaults; a key the code does not know is an error (a typo must not
     silently fall back to the default)."""
-    given = params.get(name) or {}
-    unknown = set(given) - set(defaults)
-    if unknown:
-        raise BadInput(path, f"{name} has unknown keys {sorted(unknown)}; known: {sorted(defaults)}")
+    given = check_keys(params.get(name), defaults, name, path)
     return {**defaults, **given}

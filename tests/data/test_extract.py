@@ -3,20 +3,33 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from hostile_inputs import (
+    HOSTILE_XML,
+    external_entity,
+    external_parameter_entity,
+    internal_entity,
+    png_bytes,
+    report_xml,
+    write_tgz,
+)
 
 from cxrgen.data.extract import (
+    EXTRACT_DEFAULTS,
     FRONTAL,
     LATERAL,
+    extract,
     kaggle_image_id,
     parse_report_xml,
     png_size,
     projection_accuracy,
     read_projections_csv,
 )
+from cxrgen.errors import Unusable
 
 ORIGINAL_LAYOUT = b"""<?xml version="1.0" encoding="utf-8"?>
 <eCitation>
@@ -74,8 +87,8 @@ def test_empty_and_missing_sections_are_null():
 
 
 @pytest.mark.parametrize("data, reason", [
-    (b"<eCitation><uId id='CXR1'/>", "malformed XML"),
-    (b"", "malformed XML"),
+    (b"<eCitation><uId id='CXR1'/>", "truncated XML"),
+    (b"", "empty file"),
     (b"<eCitation><pmcId id='1'/></eCitation>", "no <uId"),
 ])
 def test_unusable_xml_gives_a_reason(data, reason):
@@ -136,3 +149,71 @@ def test_png_size_reads_the_header(shared_sample: Path):
         png_size(b"")
     with pytest.raises(ValueError, match="not a PNG"):
         png_size(b"GIF89a" + bytes(30))
+
+
+# -- hostile report files: each skipped for its own reason ----------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_XML))
+def test_each_kind_of_bad_xml_has_its_own_reason(name):
+    make, reason = HOSTILE_XML[name]
+    with pytest.raises(Unusable) as info:
+        parse_report_xml(make(7), f"{name}.xml")
+    assert info.value.reason == reason, info.value
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("make", [external_entity, external_parameter_entity])
+def test_an_external_entity_is_refused_and_its_target_never_read(tmp_path, make):
+    secret = tmp_path / "outside" / "passwd"
+    secret.parent.mkdir()
+    secret.write_text("root:x:0:0:leaked-secret-word\n")
+    with pytest.raises(Unusable) as info:
+        parse_report_xml(make(8, secret), "8.xml")
+    assert info.value.reason == "external entity" and "&leak;" in info.value.detail
+    assert "leaked-secret-word" not in str(info.value)
+
+
+def test_an_internal_entity_is_expanded():
+    row = parse_report_xml(internal_entity(9, ["CXR9_IM-1"]), "9.xml")
+    assert row["findings"] == "The heart is normal. No effusion."
+
+
+def test_extract_names_counts_and_lists_every_skipped_report(tmp_path, capsys):
+    """An archive with one report file of each bad kind: each skipped with its reason, counted,
+    warned about by name, and one manifest row each; the good reports are kept."""
+    secret = tmp_path / "outside" / "passwd"
+    secret.parent.mkdir()
+    secret.write_text("root:x:0:0:leaked-secret-word\n")
+    raw = tmp_path / "raw"
+    members = {f"ecgen-radiology/{n}.xml": report_xml(n, "Heart normal.", [f"CXR{n}_IM-1"]) for n in (1, 2)}
+    bad = {}
+    for number, name in enumerate(sorted(HOSTILE_XML), start=10):
+        make, reason = HOSTILE_XML[name]
+        members[f"ecgen-radiology/{number}.xml"] = make(number)
+        bad[f"{number}.xml"] = f"report: {reason}"
+    members["ecgen-radiology/30.xml"] = external_entity(30, secret, ["CXR30_IM-1"])
+    bad["30.xml"] = "report: external entity"
+    members["ecgen-radiology/31.xml"] = report_xml(31, "x" * 5000, [])
+    bad["31.xml"] = "report: file too large"
+    write_tgz(raw / "NLMCXR_reports.tgz", members)
+    write_tgz(raw / "NLMCXR_png.tgz", {f"CXR{n}_IM-1.png": png_bytes(20, 30) for n in (1, 2, 30)})
+    (raw / "source.json").write_text(json.dumps(
+        {"source": "local", "layout": "nlmcxr",
+         "files": {"images": "NLMCXR_png.tgz", "reports": "NLMCXR_reports.tgz"}}))
+
+    reports, images, skipped, _ = extract(raw, {**EXTRACT_DEFAULTS, "max_xml_bytes": 4096})
+    assert list(reports["report_id"]) == ["CXR1", "CXR2"]
+    assert list(images["image_id"]) == ["CXR1_IM-1", "CXR2_IM-1"]
+    expected = {}
+    for reason in bad.values():
+        expected[reason] = expected.get(reason, 0) + 1
+    assert skipped.counts() == dict(sorted(expected.items()))
+    rows = {row["file"]: row for row in skipped.items}
+    assert {file.split("/")[-1]: row["reason"] for file, row in rows.items()} == bad
+    assert all(row["stage"] == "extract" and row["kind"] == "report" for row in rows.values())
+    assert "5," in rows["NLMCXR_reports.tgz:ecgen-radiology/31.xml"]["detail"]  # its size, and the bound
+    err = capsys.readouterr().err
+    for file, reason in bad.items():
+        assert f"ecgen-radiology/{file}: {reason}" in err
+    assert "leaked-secret-word" not in err + reports.to_json()

@@ -144,11 +144,11 @@ def damaged_collection(tmp_path: Path) -> Path:
 def test_bad_inputs_are_skipped_counted_and_named(damaged_collection: Path, tmp_path: Path, capsys):
     reports, images, result = _chain(damaged_collection, tmp_path, **{"prepare.max_bad_fraction": 0.2})
     dropped = result.counts.dropped
-    assert dropped["report: malformed XML"] == 1
+    assert dropped["report: truncated XML"] == 1
     assert dropped["no usable image"] == 2  # CXR22 has no image; CXR23's only image has no file
     assert dropped["image: id listed in report but no file"] == 1
     assert dropped["image: zero-byte image file"] == 1
-    assert dropped["image: corrupt or unreadable image"] == 1
+    assert dropped["image: truncated"] == 1
     studies = result.studies.set_index("report_id")
     assert len(studies) == 20
     assert studies.loc["CXR5", "single_view"] and studies.loc["CXR6", "single_view"]

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from cxrgen.data.archives import IMAGES_ARCHIVE, REPORTS_ARCHIVE, deterministic_tarinfo
+from cxrgen.data.download import run_download
 from cxrgen.data.sources import local
 from cxrgen.errors import BadInput, SourceUnavailable
 
@@ -434,3 +435,148 @@ def test_kaggle_with_one_table_missing(tmp_path):
     source = _kaggle(tmp_path / "mine")
     (source / "indiana_reports.csv").unlink()
     _refused(tmp_path, source, "not indiana_reports.csv")
+
+
+# -- nothing outside the folder; pinned digests ------------------------------------------------
+
+
+SECRET = b"root:x:0:0:secret-outside-the-folder\n"
+
+
+def _secret(tmp_path: Path) -> Path:
+    """A file outside the user's folder, standing in for /etc/passwd."""
+    path = tmp_path / "elsewhere" / "passwd"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(SECRET)
+    return path
+
+
+def _everything_under(folder: Path) -> bytes:
+    """Every byte under `folder`, archives unpacked, so a secret cannot hide inside gzip."""
+    out = b""
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        out += path.read_bytes()
+        if path.name.endswith((".tgz", ".tar")):
+            with tarfile.open(path, "r:*") as tar:
+                for member in tar:
+                    if member.isfile():
+                        out += tar.extractfile(member).read()
+    return out
+
+
+def _link_xml_out(source: Path, secret: Path) -> str:
+    (source / "ecgen-radiology" / "999.xml").symlink_to(secret)
+    return "ecgen-radiology/999.xml"
+
+
+def _link_png_out(source: Path, secret: Path) -> str:
+    (source / "images" / "CXR9_IM-0009-1001.png").symlink_to(secret)
+    return "images/CXR9_IM-0009-1001.png"
+
+
+def _link_etc_passwd(source: Path, secret: Path) -> str:
+    (source / "ecgen-radiology" / "998.xml").symlink_to("/etc/passwd")
+    return "ecgen-radiology/998.xml"
+
+
+def _link_relative_dotdot(source: Path, secret: Path) -> str:
+    (source / "images" / "CXR8_IM-0008-1001.png").symlink_to(Path("..", "..", "elsewhere", "passwd"))
+    return "images/CXR8_IM-0008-1001.png"
+
+
+def _linked_folder_out(source: Path, secret: Path) -> str:
+    shutil.rmtree(source / "ecgen-radiology")
+    outside = secret.parent / "reports"
+    _xml(outside / "1.xml", 1, IMAGE_IDS)
+    (outside / "2.xml").symlink_to(secret)
+    (source / "ecgen-radiology").symlink_to(outside, target_is_directory=True)
+    return "ecgen-radiology/1.xml"
+
+
+@pytest.mark.parametrize("make_link", [_link_xml_out, _link_png_out, _link_etc_passwd, _link_relative_dotdot,
+                                       _linked_folder_out])
+def test_links_out_of_the_folder_are_refused_and_nothing_is_packed(tmp_path, make_link):
+    secret = _secret(tmp_path)
+    source = _extracted(tmp_path / "mine")
+    link = make_link(source, secret)
+    message = _refused(tmp_path, source, f"{source / link}", "outside the folder", "download.local.path")
+    assert str(source.resolve()) in message
+    # Through the whole stage: no data/raw, no staging folder, the secret nowhere under data/.
+    data = tmp_path / "data"
+    with pytest.raises(BadInput):
+        run_download({"sources": ["local"], "local": {"path": str(source)}, "cache_dir": str(data / "dl")},
+                     data / "raw")
+    assert not (data / "raw").exists() and not list(data.glob(".raw.staging*"))
+    assert SECRET not in _everything_under(data)
+
+
+def test_links_inside_the_folder_are_followed(tmp_path):
+    source = _extracted(tmp_path / "mine")
+    real = source / "images" / f"{IMAGE_IDS[0]}.png"
+    (source / "spare").mkdir()
+    moved = source / "spare" / "kept-elsewhere.bin"   # not a CXR*.png name: not a folder of images
+    real.rename(moved)
+    real.symlink_to(Path("..", "spare", moved.name))  # a relative link that stays inside
+    record = _fetch(source, tmp_path / "raw", tmp_path / "cache")
+    with tarfile.open(tmp_path / "raw" / IMAGES_ARCHIVE, "r:gz") as tar:
+        assert tar.extractfile(real.name).read() == moved.read_bytes()
+    assert record["from"]["images"]["files"] == 3
+
+
+def test_the_given_path_may_itself_be_a_link(tmp_path):
+    source = _extracted(tmp_path / "mine")
+    (tmp_path / "shortcut").symlink_to(source, target_is_directory=True)
+    record = _fetch(tmp_path / "shortcut", tmp_path / "raw", tmp_path / "cache")
+    assert record["from"]["reports"] == {"folder": "ecgen-radiology", "files": 2}
+
+
+def test_tables_read_while_looking_are_not_followed_out(tmp_path):
+    secret = _secret(tmp_path)
+    source = _kaggle(tmp_path / "kaggle")
+    (source / "indiana_reports.csv").unlink()
+    (source / "indiana_reports.csv").symlink_to(secret)
+    _refused(tmp_path, source, "indiana_reports.csv", "outside the folder")
+    source = _r2gen(tmp_path / "r2gen")
+    (source / "annotation.json").unlink()
+    (source / "annotation.json").symlink_to(secret)
+    _refused(tmp_path / "r", source, "annotation.json", "outside the folder")
+
+
+def _fetch_pinned(source: Path, raw: Path, sha256) -> dict:
+    raw.mkdir(parents=True)
+    return local.fetch({"path": str(source), "sha256": sha256}, raw, raw.parent)
+
+
+@pytest.mark.parametrize("layout", ["archives", "folders", "kaggle"])
+def test_sha256_pins_are_checked_on_the_archives_placed_in_raw(tmp_path, layout):
+    make = {"archives": _archives, "folders": _extracted, "kaggle": _kaggle}[layout]
+    source = make(tmp_path / "mine")
+    record = _fetch(source, tmp_path / "first", tmp_path / "cache")
+    pins = record["sha256"]   # what source.json records: the digests to pin
+    assert _fetch_pinned(source, tmp_path / "pinned" / "raw", pins)["sha256"] == pins
+    if layout == "archives":   # the user's archives as they are: the digest of the file they have
+        assert pins["images"] == hashlib.sha256((source / IMAGES_ARCHIVE).read_bytes()).hexdigest()
+    kind = sorted(pins)[0]
+    wrong = {**pins, kind: "0" * 64}
+    raw = tmp_path / "wrong" / "raw"
+    with pytest.raises(BadInput) as info:
+        _fetch_pinned(source, raw, wrong)
+    message = str(info.value)
+    assert f"download.local.sha256.{kind}" in message and pins[kind] in message and "0" * 64 in message
+    assert list(raw.iterdir()) == []   # nothing left of the refused (or of any earlier) archive
+
+
+def test_a_pin_the_layout_cannot_meet_and_malformed_pins_are_refused(tmp_path):
+    source = _kaggle(tmp_path / "kaggle")
+    with pytest.raises(BadInput, match=r"sha256.images is set, but the kaggle layout .* gives no images"):
+        _fetch_pinned(source, tmp_path / "a" / "raw", {"images": "a" * 64})
+    with pytest.raises(BadInput, match=r"params.yaml: download.local.sha256.bundle: 'abc' is not a sha256"):
+        _fetch_pinned(source, tmp_path / "b" / "raw", {"bundle": "abc"})
+    with pytest.raises(BadInput, match=r"download.local.sha256 has unknown keys \['imgs'\]"):
+        _fetch_pinned(source, tmp_path / "c" / "raw", {"imgs": "a" * 64})
+
+
+def test_unknown_keys_under_download_local_are_an_error(tmp_path):
+    source = _extracted(tmp_path / "mine")
+    with pytest.raises(BadInput, match=r"params.yaml: download.local has unknown keys \['sha265'\]"):
+        local.fetch({"path": str(source), "sha265": {"images": None}}, _mkdir(tmp_path / "raw"), tmp_path)

@@ -16,8 +16,10 @@ from pathlib import Path
 
 from cxrgen.errors import CxrgenError, SourceUnavailable
 from cxrgen.files import write_json_atomic
+from cxrgen.params import check_keys
 
 SOURCE_NAMES = ("torrent", "https", "local", "synthetic")
+DOWNLOAD_KEYS = ("sources", "cache_dir", *SOURCE_NAMES)
 SOURCE_RECORD = "source.json"
 # Commands a user can paste into a fresh shell in the project root (no activated environment).
 SYNTHETIC_COMMAND = ".venv/bin/dvc exp run -S 'download.sources=[synthetic]'"
@@ -35,6 +37,7 @@ def _log(message: str) -> None:
 def run_download(params: dict, raw_dir: str | Path) -> dict:
     """Fetch from the first working source in params['sources']; return the source record."""
     raw_dir = Path(raw_dir)
+    params = check_keys(params, DOWNLOAD_KEYS, "download")
     sources = params.get("sources") or []
     if isinstance(sources, str):
         sources = [sources]

@@ -4,7 +4,17 @@
   raw (null when missing or empty), MeSH major terms, parentImage ids in XML order, source file.
 - images.parquet: one row per image: image_id, report_id, projection (frontal / lateral),
   projection_source (where that came from), width, height, and where the bytes are (archive file in
-  data/raw + member name), plus `problem` when the PNG header is unreadable.
+  data/raw + member name), plus `problem` when the image cannot be used ("reason (detail)": unreadable
+  PNG header, or a file over `extract.max_image_bytes`, which is then never read).
+- dropped.parquet: every input left out, named, with its reason (see cxrgen.tables.DROPPED_SCHEMA).
+
+Hostile input: a report file over `extract.max_xml_bytes` is skipped before it is read, and so is an
+image over `extract.max_image_bytes` (prepare never reads it), so memory does not grow with what a
+member claims to hold. XML is parsed without network, external entities or DTD loading; internal
+entities are expanded within libxml2's amplification limits. Every skipped report has a specific
+reason (entity expansion refused, undeclared or external entity, encoding error, truncated, not
+XML, malformed XML, ...). A report that refers to an external entity is skipped, never kept with the
+reference as text (it would train as a word).
 
 The NLM XML gives no projection. The Kaggle export's projections file does; otherwise the order
 rule infers it (first image of a study frontal, the others lateral), and its accuracy is measured
@@ -28,8 +38,9 @@ import pandas as pd
 from lxml import etree
 from tqdm import tqdm
 
-from cxrgen.errors import BadInput
+from cxrgen.errors import BadInput, Unusable
 from cxrgen.files import read_json
+from cxrgen.params import with_defaults
 
 SECTIONS = ("COMPARISON", "INDICATION", "FINDINGS", "IMPRESSION")
 REPORT_COLUMNS = ["report_id", *[s.lower() for s in SECTIONS], "mesh_major", "image_ids", "source_file"]
@@ -39,17 +50,38 @@ IMAGE_COLUMNS = [
 ]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FRONTAL, LATERAL = "frontal", "lateral"
+EXTRACT_DEFAULTS = {
+    "projections_reference": None,
+    "max_xml_bytes": 1 << 20,      # one report file; real IU reports are a few KB
+    "max_image_bytes": 64 << 20,   # one PNG; the real collection's largest are a few MB
+    "max_table_bytes": 256 << 20,  # a Kaggle CSV or R2Gen annotation.json (real: a few MB); needed whole
+}
+LIMIT_KEYS = ("max_xml_bytes", "max_image_bytes", "max_table_bytes")
+
+
+def extract_settings(params: dict, path: str | Path = "params.yaml") -> dict:
+    """params.yaml `extract` over its defaults, checked."""
+    settings = with_defaults(params, "extract", EXTRACT_DEFAULTS, path)
+    for key in LIMIT_KEYS:
+        value = settings[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise BadInput(path, f"extract.{key} must be a positive number of bytes, not {value!r}")
+    return settings
 
 
 @dataclass
 class Skipped:
-    """Inputs left out, each with a named reason, counted for metrics/data.json."""
+    """Inputs left out, each with a named reason: counted for the metrics, listed in dropped.parquet."""
 
     items: list[dict] = field(default_factory=list)
 
-    def add(self, where: str, reason: str) -> None:
-        self.items.append({"where": where, "reason": reason})
-        print(f"extract: warning: skipped {where}: {reason}", file=sys.stderr)
+    def add(self, kind: str, reason: str, *, file: str | None = None, id: str | None = None,
+            detail: str | None = None) -> None:
+        """`reason` is the counted key (e.g. "report: truncated XML"); `detail` what exactly was wrong."""
+        self.items.append({"stage": "extract", "kind": kind, "id": id, "file": file, "reason": reason,
+                           "detail": detail})
+        shown = f" ({detail})" if detail else ""
+        print(f"extract: warning: skipped {file or id}: {reason}{shown}", file=sys.stderr)
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -65,18 +97,84 @@ def _text(element) -> str | None:
     return text or None
 
 
+_ERR = etree.ErrorTypes
+_ENTITY_EXPANSION = {_ERR.ERR_ENTITY_LOOP, _ERR.ERR_RESOURCE_LIMIT}
+_ENTITY_UNDECLARED = {_ERR.ERR_UNDECLARED_ENTITY, _ERR.WAR_UNDECLARED_ENTITY, _ERR.ERR_ENTITY_IS_EXTERNAL,
+                      _ERR.ERR_UNPARSED_ENTITY, _ERR.ERR_EXT_ENTITY_STANDALONE}
+_ENCODING = {_ERR.ERR_INVALID_ENCODING, _ERR.ERR_UNSUPPORTED_ENCODING, _ERR.ERR_UNKNOWN_ENCODING,
+             _ERR.ERR_INVALID_CHAR}
+_BOMS = (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")
+
+
+def _parser() -> etree.XMLParser:
+    # Internal entities are expanded (libxml2 refuses loops and amplification); external ones never
+    # are: no network, no DTD loading, and a reference to one is an error (see _xml_problem).
+    return etree.XMLParser(resolve_entities="internal", no_network=True, load_dtd=False, huge_tree=False)
+
+
+def _ends_early(data: bytes) -> bool:
+    """True when the data is well-formed as far as it goes and only its end is missing."""
+    parser = _parser()
+    try:
+        parser.feed(data)
+    except etree.XMLSyntaxError:
+        return False  # wrong before the end
+    try:
+        parser.close()
+    except etree.XMLSyntaxError:
+        return True
+    return False
+
+
+def _external_entity(data: bytes, message: str) -> str | None:
+    """The name of the entity an error message names, when the document declares it external."""
+    named = re.search(r"Entity '([^']+)'|entity '([^']+)'", message)
+    name = next((g for g in named.groups() if g), None) if named else None
+    if name and re.search(rb"<!ENTITY\s+(%\s+)?" + re.escape(name.encode()) + rb"\s+(SYSTEM|PUBLIC)\b", data):
+        return name
+    return None
+
+
+def _xml_problem(data: bytes, exc: etree.XMLSyntaxError) -> Unusable:
+    """The specific reason a report file did not parse."""
+    message = " ".join(str(exc.msg).split())
+    if exc.code in _ENTITY_EXPANSION:
+        return Unusable("entity expansion refused", message)
+    if exc.code in _ENTITY_UNDECLARED:
+        external = _external_entity(data, message)
+        if external:
+            return Unusable("external entity", f"&{external}; refers to another file or address, not read")
+        return Unusable("undeclared entity", message)
+    if exc.code in _ENCODING:
+        return Unusable("encoding error", message)
+    if _ends_early(data):
+        return Unusable("truncated XML", message)
+    return Unusable("malformed XML", message)
+
+
 def parse_report_xml(data: bytes, source_file: str) -> dict:
     """One ecgen-radiology XML file (original or reconstructed layout) → a report row.
 
-    Raises ValueError with the reason when the file is not a usable report.
+    Raises Unusable (a ValueError) with a specific reason when the file is not a usable report.
     """
+    start = data
+    for bom in _BOMS:
+        start = start.removeprefix(bom)
+    start = start.lstrip()
+    if not start:
+        raise Unusable("empty file", f"{len(data)} bytes, no XML")
+    if start[:1] != b"<" and start[:2] not in (b"\x00<",):
+        raise Unusable("not XML", f"starts with {data[:8]!r}")
     try:
-        root = etree.fromstring(data, parser=etree.XMLParser(resolve_entities=False, no_network=True))
+        root = etree.fromstring(data, parser=_parser())
     except etree.XMLSyntaxError as exc:
-        raise ValueError(f"malformed XML ({exc})") from None
+        raise _xml_problem(data, exc) from None
+    unexpanded = sorted({node.text for node in root.iter(etree.Entity)})
+    if unexpanded:  # not expected with the parser above; never let a reference become a word
+        raise Unusable("entity not expanded", ", ".join(unexpanded))
     uid = root.find("uId")
     if uid is None or not uid.get("id"):
-        raise ValueError("no <uId id=...> element")
+        raise Unusable("no <uId id=...> element")
     sections = {label: None for label in SECTIONS}
     for node in root.iter("AbstractText"):
         label = (node.get("Label") or "").upper()
@@ -92,12 +190,21 @@ def parse_report_xml(data: bytes, source_file: str) -> dict:
 
 
 def png_size(header: bytes) -> tuple[int, int]:
-    """Width and height from a PNG's first 24 bytes; ValueError when it is not a PNG."""
+    """Width and height from a PNG's first 24 bytes; Unusable (a ValueError) when it is not a PNG."""
     if len(header) == 0:
-        raise ValueError("zero-byte image file")
-    if len(header) < 24 or header[:8] != PNG_SIGNATURE or header[12:16] != b"IHDR":
-        raise ValueError("not a PNG file (bad signature or header)")
+        raise Unusable("zero-byte image file")
+    if header[:8] != PNG_SIGNATURE[: len(header)] or (len(header) >= 16 and header[12:16] != b"IHDR"):
+        raise Unusable("not a PNG file", f"bad signature or header: starts with {header[:8]!r}")
+    if len(header) < 24:
+        raise Unusable("truncated", f"{len(header)} bytes, shorter than a PNG header")
     return struct.unpack(">II", header[16:24])
+
+
+def _too_large(member: tarfile.TarInfo, limit: int, key: str) -> Unusable | None:
+    """The tar header says how long the member is: checked before a byte of it is read."""
+    if member.size > limit:
+        return Unusable("file too large", f"{member.size:,} bytes > extract.{key} = {limit:,}")
+    return None
 
 
 def _xml_number(name: str) -> tuple[int, str]:
@@ -122,21 +229,27 @@ def _iter_tar_files(archive: Path, desc: str):
         raise BadInput(archive, f"cannot read archive ({exc})") from None
 
 
-def _read_nlmcxr_reports(archive: Path, skipped: Skipped) -> list[dict]:
-    found = []
+def _read_nlmcxr_reports(archive: Path, skipped: Skipped, limits: dict) -> list[dict]:
+    # Parsed as they come, so at most one report file (<= max_xml_bytes) is held as bytes at a time;
+    # rows and skips are put in file-number order afterwards.
+    found, problems = [], []
     for member, tar in _iter_tar_files(archive, "reading reports"):
-        if member.name.lower().endswith(".xml") and "ecgen-radiology/" in f"/{member.name}":
-            found.append((member.name, tar.extractfile(member).read()))
-    rows = []
-    for name, data in sorted(found, key=lambda item: _xml_number(item[0])):
+        if not (member.name.lower().endswith(".xml") and "ecgen-radiology/" in f"/{member.name}"):
+            continue
         try:
-            rows.append(parse_report_xml(data, PurePosixPath(name).name))
-        except ValueError as exc:
-            skipped.add(f"{archive.name}:{name}", f"report: {str(exc).split(' (')[0]}")
-    return rows
+            problem = _too_large(member, limits["max_xml_bytes"], "max_xml_bytes")
+            if problem:
+                raise problem
+            found.append((member.name, parse_report_xml(tar.extractfile(member).read(),
+                                                        PurePosixPath(member.name).name)))
+        except Unusable as exc:
+            problems.append((member.name, exc))
+    for name, exc in sorted(problems, key=lambda item: _xml_number(item[0])):
+        skipped.add("report", f"report: {exc.reason}", file=f"{archive.name}:{name}", detail=exc.detail)
+    return [row for _, row in sorted(found, key=lambda item: _xml_number(item[0]))]
 
 
-def _image_rows(archive: Path, wanted: dict[str, str], skipped: Skipped) -> dict[str, dict]:
+def _image_rows(archive: Path, wanted: dict[str, str], skipped: Skipped, limits: dict) -> dict[str, dict]:
     """Scan an archive for PNGs; `wanted` maps member-name keys (see callers) to image ids."""
     rows = {}
     for member, tar in _iter_tar_files(archive, "reading image headers"):
@@ -146,9 +259,12 @@ def _image_rows(archive: Path, wanted: dict[str, str], skipped: Skipped) -> dict
         row = {"image_id": image_id, "archive": archive.name, "member": member.name,
                "width": None, "height": None, "problem": None}
         try:
+            problem = _too_large(member, limits["max_image_bytes"], "max_image_bytes")
+            if problem:
+                raise problem
             row["width"], row["height"] = png_size(tar.extractfile(member).read(24))
-        except ValueError as exc:
-            row["problem"] = str(exc)
+        except Unusable as exc:
+            row["problem"] = str(exc)  # "reason (detail)": prepare counts it under the reason
         rows[image_id] = row
     return rows
 
@@ -161,7 +277,8 @@ def _assemble(reports: list[dict], images: dict[str, dict], projections: dict[st
         for position, image_id in enumerate(report["image_ids"]):
             found = images.get(image_id)
             if found is None:
-                skipped.add(image_id, "image: id listed in report but no file")
+                skipped.add("image", "image: id listed in report but no file", id=image_id,
+                            detail=f"listed by {report['report_id']} ({report['source_file']})")
                 continue
             known = projections.get(image_id)
             image_rows.append({
@@ -179,10 +296,10 @@ def _assemble(reports: list[dict], images: dict[str, dict], projections: dict[st
     return reports_df, images_df
 
 
-def extract_nlmcxr(raw_dir: Path, files: dict, skipped: Skipped):
-    reports = _read_nlmcxr_reports(raw_dir / files["reports"], skipped)
+def extract_nlmcxr(raw_dir: Path, files: dict, skipped: Skipped, limits: dict):
+    reports = _read_nlmcxr_reports(raw_dir / files["reports"], skipped, limits)
     wanted = {f"{image_id}.png": image_id for r in reports for image_id in r["image_ids"]}
-    images = _image_rows(raw_dir / files["images"], wanted, skipped)
+    images = _image_rows(raw_dir / files["images"], wanted, skipped, limits)
     return _assemble(reports, images, {}, skipped)
 
 
@@ -202,18 +319,22 @@ def read_projections_csv(data: str, where: str) -> dict[str, str]:
     return out
 
 
-def _members_by_name(bundle: Path) -> dict[str, bytes]:
-    """Small text members (CSV / JSON) of a bundle tar, by base name."""
+def _members_by_name(bundle: Path, limits: dict) -> dict[str, bytes]:
+    """Small text members (CSV / JSON) of a bundle tar, by base name. They hold every report, so one
+    over the bound stops the stage (checked before it is read)."""
     out = {}
     for member, tar in _iter_tar_files(bundle, "reading tables"):
         if member.name.lower().endswith((".csv", ".json")):
+            problem = _too_large(member, limits["max_table_bytes"], "max_table_bytes")
+            if problem:
+                raise BadInput(f"{bundle}:{member.name}", str(problem))
             out[PurePosixPath(member.name).name] = tar.extractfile(member).read()
     return out
 
 
-def extract_kaggle(raw_dir: Path, files: dict, skipped: Skipped):
+def extract_kaggle(raw_dir: Path, files: dict, skipped: Skipped, limits: dict):
     bundle = raw_dir / files["bundle"]
-    tables = _members_by_name(bundle)
+    tables = _members_by_name(bundle, limits)
     for needed in ("indiana_reports.csv", "indiana_projections.csv"):
         if needed not in tables:
             raise BadInput(bundle, f"Kaggle layout without {needed}")
@@ -234,13 +355,13 @@ def extract_kaggle(raw_dir: Path, files: dict, skipped: Skipped):
     reports.sort(key=_report_number)
     wanted = {PurePosixPath(f).name: kaggle_image_id(f) for ids in by_report.values() for f in
               (i[3:] + ".dcm.png" for i in ids)}
-    images = _image_rows(bundle, wanted, skipped)
+    images = _image_rows(bundle, wanted, skipped, limits)
     return _assemble(reports, images, projections, skipped)
 
 
-def extract_r2gen(raw_dir: Path, files: dict, skipped: Skipped):
+def extract_r2gen(raw_dir: Path, files: dict, skipped: Skipped, limits: dict):
     bundle = raw_dir / files["bundle"]
-    tables = _members_by_name(bundle)
+    tables = _members_by_name(bundle, limits)
     if "annotation.json" not in tables:
         raise BadInput(bundle, "R2Gen layout without annotation.json")
     try:
@@ -260,7 +381,7 @@ def extract_r2gen(raw_dir: Path, files: dict, skipped: Skipped):
                 "mesh_major": [], "image_ids": image_ids, "source_file": "annotation.json",
             })
     reports.sort(key=_report_number)
-    images = _image_rows(bundle, _with_bundle_prefix(bundle, wanted), skipped)
+    images = _image_rows(bundle, _with_bundle_prefix(bundle, wanted), skipped, limits)
     return _assemble(reports, images, {}, skipped)
 
 
@@ -278,15 +399,17 @@ def _with_bundle_prefix(bundle: Path, wanted: dict[str, str]) -> dict[str, str]:
 LAYOUTS = {"nlmcxr": extract_nlmcxr, "kaggle": extract_kaggle, "r2gen": extract_r2gen}
 
 
-def extract(raw_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, Skipped, dict]:
+def extract(raw_dir: str | Path, settings: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame, Skipped, dict]:
+    """settings: params.yaml `extract` (see extract_settings); None → the defaults."""
     raw_dir = Path(raw_dir)
+    limits = {key: (settings or EXTRACT_DEFAULTS)[key] for key in LIMIT_KEYS}
     record_path = raw_dir / "source.json"
     record = read_json(record_path, "missing: run the download stage first")
     layout = record.get("layout")
     if layout not in LAYOUTS:
         raise BadInput(record_path, f"unknown layout {layout!r}; expected one of {sorted(LAYOUTS)}")
     skipped = Skipped()
-    reports, images = LAYOUTS[layout](raw_dir, record["files"], skipped)
+    reports, images = LAYOUTS[layout](raw_dir, record["files"], skipped, limits)
     return reports, images, skipped, record
 
 

@@ -9,11 +9,18 @@ padded with black, centred (no crop, so no anatomy is lost at the edges).
 from __future__ import annotations
 
 import io
+import struct
+import warnings
+import zlib
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from cxrgen.errors import Unusable
+
 Image.MAX_IMAGE_PIXELS = 64_000_000  # far above any chest X-ray; stops decompression bombs
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_HEADER_BYTES = 33  # signature + the IHDR chunk
 
 
 def to_gray8(image: Image.Image) -> np.ndarray:
@@ -44,13 +51,62 @@ def fit_square(gray: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
+def _png_chunk_problem(data: bytes) -> Unusable:
+    """Why bytes with a PNG signature did not open: a chunk cut short, a bad checksum, or else."""
+    position = len(PNG_SIGNATURE)
+    while position < len(data):
+        if position + 8 > len(data):
+            return Unusable("truncated", f"cut inside a chunk header at byte {position:,}")
+        length, kind = struct.unpack(">I4s", data[position:position + 8])
+        end = position + 12 + length
+        if end > len(data):
+            return Unusable("truncated", f"{kind!r} chunk needs {end:,} bytes, the file has {len(data):,}")
+        if zlib.crc32(data[position + 4:end - 4]) != struct.unpack(">I", data[end - 4:end])[0]:
+            return Unusable("corrupt PNG header", f"{kind!r} chunk at byte {position:,} fails its CRC")
+        if kind == b"IEND":
+            break
+        position = end
+    if len(data) < PNG_HEADER_BYTES:
+        return Unusable("truncated", f"{len(data)} bytes, shorter than a PNG header")
+    return Unusable("corrupt PNG header", "PNG signature, but no readable IHDR chunk")
+
+
+def _problem(data: bytes, exc: BaseException) -> Unusable:
+    """The specific reason Pillow could not decode `data`."""
+    message = " ".join(str(exc).split())
+    if isinstance(exc, Image.DecompressionBombError):
+        return Unusable("too many pixels", message)
+    if isinstance(exc, UnidentifiedImageError):
+        if data[:8] == PNG_SIGNATURE[: len(data[:8])]:
+            return _png_chunk_problem(data)
+        return Unusable("not an image", f"starts with {data[:8]!r}")
+    if "truncated" in message.lower() or isinstance(exc, EOFError):
+        return Unusable("truncated", message)
+    return Unusable("corrupt image data", f"{type(exc).__name__}: {message}")
+
+
 def decode_png(data: bytes, size: int) -> np.ndarray:
-    """PNG (or any Pillow-readable image) bytes → (size, size) uint8. ValueError with the reason."""
+    """PNG (or any Pillow-readable image) bytes → (size, size) uint8.
+
+    Unusable (a ValueError) with a specific reason: zero-byte image file, not an image, truncated,
+    corrupt PNG header, corrupt image data, too many pixels (checked from the header, before decoding).
+    """
     if not data:
-        raise ValueError("zero-byte image file")
+        raise Unusable("zero-byte image file")
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with warnings.catch_warnings():
+            # Pillow warns when opening a header over its limit; the check below refuses it instead.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+        with image:
+            width, height = image.size
+            if width * height > Image.MAX_IMAGE_PIXELS:
+                # Pillow only warns up to twice its limit; refused here before any pixel is decoded.
+                raise Unusable("too many pixels", f"{width} x {height} > {Image.MAX_IMAGE_PIXELS:,} pixels")
             image.load()
             return fit_square(to_gray8(image), size)
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"corrupt or unreadable image ({exc})") from None
+    except Unusable:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, EOFError, Image.DecompressionBombError,
+            zlib.error) as exc:
+        raise _problem(data, exc) from None

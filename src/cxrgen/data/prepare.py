@@ -4,7 +4,8 @@ For each report: the target text (params `text.target`), cleaned (`text.scheme`)
 (`split.method`), two views (frontal first, see pairs.py) decoded to `image.size` squares. Outputs:
 - studies.parquet: one row per kept study, in split then report-number order;
 - images_<split>.npy: uint8 array (studies, 2, size, size), rows aligned with studies.parquet;
-- vocab.json: built from the train split only.
+- vocab.json: built from the train split only;
+- dropped.parquet: every input left out, named, with its reason (extract's rows, then prepare's).
 Every input left out is counted with a named reason; too many bad inputs stop the stage.
 """
 
@@ -25,8 +26,19 @@ from cxrgen.data.pairs import choose_views
 from cxrgen.data.split import SPLITS, split_r2gen, split_random
 from cxrgen.data.text import clean, target_text, tokenize
 from cxrgen.data.vocab import Vocab, build_vocab
-from cxrgen.errors import BadInput, CxrgenError
+from cxrgen.errors import BadInput, CxrgenError, Unusable
 from cxrgen.files import atomic_path
+from cxrgen.params import check_keys
+
+# The settings prepare reads, by section; any other key there is a typo and an error.
+SECTION_KEYS = {
+    "text": ("target", "scheme"),
+    "split": ("method", "annotation", "fractions", "seed"),
+    "image": ("size",),
+    "vocab": ("min_count", "max_len"),
+    "prepare": ("max_bad_fraction",),
+}
+NAMED_IN_WARNINGS = 5  # reports left out for a reason that is common (no findings text): named in the manifest
 
 STUDY_COLUMNS = [
     "report_id", "split", "text", "n_tokens", "first_image", "second_image", "single_view",
@@ -40,11 +52,24 @@ class Counts:
 
     steps: dict[str, int] = field(default_factory=dict)
     dropped: Counter = field(default_factory=Counter)
+    rows: list[dict] = field(default_factory=list)  # the manifest: one row per input left out
 
-    def drop(self, reason: str, where: str, warn: bool = True) -> None:
+    def drop(self, reason: str, where: str, warn: bool = True, *, kind: str, id: str | None = None,
+             file: str | None = None, detail: str | None = None) -> None:
         self.dropped[reason] += 1
+        self.rows.append({"stage": "prepare", "kind": kind, "id": id, "file": file, "reason": reason,
+                          "detail": detail})
         if warn:
-            print(f"prepare: warning: left out {where}: {reason}", file=sys.stderr)
+            shown = f" ({detail})" if detail else ""
+            print(f"prepare: warning: left out {where}: {reason}{shown}", file=sys.stderr)
+
+    def summarise(self, reason: str) -> None:
+        """One warning line for a reason whose inputs were not warned about one by one."""
+        ids = [row["id"] for row in self.rows if row["reason"] == reason]
+        if ids:
+            more = f", ... ({len(ids) - NAMED_IN_WARNINGS} more)" if len(ids) > NAMED_IN_WARNINGS else ""
+            print(f"prepare: warning: left out {len(ids)} reports: {reason}: "
+                  f"{', '.join(ids[:NAMED_IN_WARNINGS])}{more}; all are named in dropped.parquet", file=sys.stderr)
 
 
 @dataclass
@@ -54,6 +79,7 @@ class Prepared:
     vocab: Vocab
     counts: Counts
     split_info: dict
+    dropped: list[dict] = field(default_factory=list)  # extract's manifest rows, then prepare's
 
 
 def _report_key(report_id: str) -> tuple[int, str]:
@@ -75,8 +101,9 @@ def _decode_images(raw_dir: Path, images: pd.DataFrame, size: int, counts: Count
                     continue
                 try:
                     decoded[image_id] = decode_png(tar.extractfile(member).read(), size)
-                except ValueError as exc:
-                    counts.drop(f"image: {str(exc).split(' (')[0]}", f"{archive}:{member.name}")
+                except Unusable as exc:
+                    counts.drop(f"image: {exc.reason}", f"{archive}:{member.name}", kind="image", id=image_id,
+                                file=f"{archive}:{member.name}", detail=exc.detail)
                 bar.update()
         bar.close()
     return decoded
@@ -95,14 +122,24 @@ def assign_splits(report_ids: list[str], split_params: dict, counts: Counts) -> 
         assignment, info = split_r2gen(report_ids, annotation)
         for report_id, split in assignment.items():
             if split is None:
-                counts.drop("not in the R2Gen split", report_id, warn=False)
+                counts.drop("not in the R2Gen split", report_id, warn=False, kind="report", id=report_id)
+        counts.summarise("not in the R2Gen split")
         return assignment, {"method": "r2gen", **info}
     raise BadInput("params.yaml", f"split.method must be random or r2gen, not {method!r}")
 
 
+def _split_problem(problem: str) -> tuple[str, str | None]:
+    """extract's "reason (detail)" → (reason, detail)."""
+    reason, _, detail = problem.partition(" (")
+    return reason, detail[:-1] if detail.endswith(")") else (detail or None)
+
+
 def prepare(reports: pd.DataFrame, images: pd.DataFrame, raw_dir: str | Path, params: dict,
-            extract_skipped: dict[str, int] | None = None) -> Prepared:
+            extract_skipped: dict[str, int] | None = None, extract_dropped: list[dict] | None = None) -> Prepared:
+    """extract_skipped: extract's counts by reason; extract_dropped: its manifest rows (carried into ours)."""
     raw_dir = Path(raw_dir)
+    for name, known in SECTION_KEYS.items():
+        check_keys(params.get(name), known, name)
     text_p, split_p, image_p, vocab_p = (params[k] for k in ("text", "split", "image", "vocab"))
     counts = Counts()
     for reason, n in (extract_skipped or {}).items():
@@ -115,19 +152,24 @@ def prepare(reports: pd.DataFrame, images: pd.DataFrame, raw_dir: str | Path, pa
         raw = target_text(row.findings, row.impression, text_p["target"])
         cleaned = clean(raw, text_p["scheme"]) if raw is not None else ""
         if not tokenize(cleaned) or set(tokenize(cleaned)) <= {"."}:
-            counts.drop(f"no {text_p['target']} text", row.report_id, warn=False)
+            counts.drop(f"no {text_p['target']} text", row.report_id, warn=False, kind="report",
+                        id=row.report_id, file=row.source_file)
             continue
         texts[row.report_id] = cleaned
+    counts.summarise(f"no {text_p['target']} text")
     counts.steps["reports_with_target_text"] = len(texts)
 
     usable = images[images["report_id"].isin(texts)]
     for row in usable[usable["problem"].notna()].itertuples(index=False):
-        counts.drop(f"image: {row.problem}", f"{row.archive}:{row.member}")
+        reason, detail = _split_problem(row.problem)
+        counts.drop(f"image: {reason}", f"{row.archive}:{row.member}", kind="image", id=row.image_id,
+                    file=f"{row.archive}:{row.member}", detail=detail)
     usable = usable[usable["problem"].isna()]
     decoded = _decode_images(raw_dir, usable, int(image_p["size"]), counts)
     counts.steps["images_decoded"] = len(decoded)
 
     mesh = dict(zip(reports["report_id"], reports["mesh_major"]))
+    listed_counts = images.groupby("report_id").size().to_dict()  # image files found per report
     pairs = {}
     # One pass over the images (a mask per report is quadratic: minutes at the full collection's size).
     available = usable[usable["image_id"].isin(decoded)]
@@ -136,9 +178,12 @@ def prepare(reports: pd.DataFrame, images: pd.DataFrame, raw_dir: str | Path, pa
     for report_id in sorted(texts, key=_report_key):
         pair = choose_views(views_by_report.get(report_id, []))
         if pair is None:
-            counts.drop("no usable image", report_id, warn=False)
+            listed = listed_counts.get(report_id, 0)
+            counts.drop("no usable image", report_id, warn=False, kind="report", id=report_id,
+                        detail=f"{listed} image file(s) found, none usable" if listed else "no image file found")
             continue
         pairs[report_id] = pair
+    counts.summarise("no usable image")
     counts.steps["studies_with_two_views"] = sum(not p.single_view for p in pairs.values())
     counts.steps["studies_single_view_used_twice"] = sum(p.single_view for p in pairs.values())
     counts.steps["studies_with_more_than_two_images"] = sum(p.n_usable > 2 for p in pairs.values())
@@ -186,7 +231,7 @@ def prepare(reports: pd.DataFrame, images: pd.DataFrame, raw_dir: str | Path, pa
 
     train_tokens = [tokenize(t) for t in studies.loc[studies["split"] == "train", "text"]]
     vocab = build_vocab(train_tokens, int(vocab_p["min_count"]), int(vocab_p["max_len"]))
-    return Prepared(studies, arrays, vocab, counts, split_info)
+    return Prepared(studies, arrays, vocab, counts, split_info, list(extract_dropped or []) + counts.rows)
 
 
 def save_arrays(arrays: dict[str, np.ndarray], out_dir: Path) -> None:

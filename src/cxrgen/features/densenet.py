@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 from cxrgen.errors import BadInput, CxrgenError
 from cxrgen.files import atomic_path, sha256_of, write_json_atomic
+from cxrgen.params import check_keys
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -49,6 +50,7 @@ HEAD_LAYER = "predictions"    # CheXNet-Keras' name for its Dense(14)
 SPATIAL_LAYER = "relu"        # DenseNet121's final BN + ReLU, just before the average pooling
 POOLED_LAYER = "avg_pool"
 WEIGHT_CHOICES = ("random", "imagenet", "<path to CheXNet best_weights.h5>")
+FEATURES_KEYS = ("weights", "imagenet_path", "batch_size", "seed")
 # A fixed zip timestamp: np.savez stamps the current time, which would make outputs differ per run.
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 PREPROCESS_THREADS = max(1, min(8, os.cpu_count() or 1))
@@ -373,8 +375,8 @@ def run_features(prepared_dir: str | Path, out_dir: str | Path, params: dict, sp
                  params_path: str | Path = "params.yaml", data_source: str | None = None) -> dict:
     """The whole stage: every split, the blank control, and the description (returned and written)."""
     prepared_dir, out_dir = Path(prepared_dir), Path(out_dir)
-    cfg = params.get("features") or {}
-    image_size = int((params.get("image") or {}).get("size", 224))
+    cfg = check_keys(params.get("features"), FEATURES_KEYS, "features", params_path)
+    image_size = int(check_keys(params.get("image"), ("size",), "image", params_path).get("size", 224))
     seed = int(cfg.get("seed", 0))
     choice = resolve_weights(cfg, params_path)
     # Fail on a missing or mismatched input before spending minutes on the network.

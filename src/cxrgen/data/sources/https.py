@@ -48,6 +48,7 @@ from cxrgen.data.archives import (
 )
 from cxrgen.errors import BadInput, SourceUnavailable
 from cxrgen.files import CHUNK, atomic_path, sha256_of, write_json_atomic
+from cxrgen.params import check_keys
 
 DEFAULT_URLS = {
     "images": "https://openi.nlm.nih.gov/imgs/collections/NLMCXR_png.tgz",
@@ -79,6 +80,7 @@ def _settings(cfg: dict) -> Settings:
     def bad(key: str, problem: str) -> BadInput:
         return BadInput("params.yaml", f"download.https.{key}: {problem}")
 
+    check_keys(cfg, ("urls", "sha256", "timeout_s", "retries", "backoff_s"), "download.https")
     for key in ("urls", "sha256"):
         if not isinstance(cfg.get(key) or {}, dict):
             raise bad(key, f"expected a mapping {{images: ..., reports: ...}}, got {cfg[key]!r}")

@@ -20,8 +20,17 @@ gzip with mtime 0 and no file name, so the same input gives the same bytes. Ever
 in raw_dir passed check_archive and has its size/sha256 sidecar. The record names files relative
 to the given folder only, so it does not depend on where the user keeps the data.
 
+Nothing outside the given folder is read: a file that is a link (or lies under a linked folder)
+whose target resolves outside the folder is refused with its name and target, before anything is
+written, so it can never be packed into data/raw (and pushed with DVC). Links that stay inside the
+folder are followed. (A hard link is an ordinary file to the filesystem and cannot be told apart.)
+
 cfg (params.yaml download.local):
   path: null    the folder (or a file in it); null means this source is not configured
+  sha256:       expected sha256 of the archives placed in data/raw, by kind: {images, reports} for the
+                NLMCXR layout (the user's archive as it is, or the archive packed from a folder; the
+                same digests source.json records), {bundle} for the R2Gen / Kaggle layouts. null: not
+                checked. Packing is deterministic, so a folder gives the same digest every time.
 """
 
 from __future__ import annotations
@@ -50,6 +59,7 @@ from cxrgen.data.archives import (
 )
 from cxrgen.errors import BadInput, SourceUnavailable
 from cxrgen.files import CHUNK, atomic_path
+from cxrgen.params import check_keys
 
 ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar")
 R2GEN_BUNDLE = "r2gen.tar"
@@ -65,6 +75,8 @@ R2GEN_SPLITS = ("train", "val", "test")
 NLMCXR_PNG_NAME = re.compile(r"CXR\d+_.*\.png", re.IGNORECASE)
 GZIP_LEVEL = 1  # PNGs are already compressed: level 1 is several times faster and barely larger
 SEARCH_DEPTH = 2  # how many folder levels below the given one are searched
+LOCAL_KEYS = ("path", "sha256")
+PIN_KINDS = ("images", "reports", "bundle")
 
 LOOKED_FOR = (
     "looked for NLMCXR_png.tgz + NLMCXR_reports.tgz (or .tar.gz / .tar), "
@@ -102,6 +114,17 @@ def _files(folder: Path, suffix: str) -> list[Path]:
 
 def _relative(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix() if path != root else "."
+
+
+def _inside(path: Path, root: Path) -> Path:
+    """The real file behind `path` (root is resolved); BadInput when a link takes it out of root."""
+    real = path.resolve()
+    if not real.is_relative_to(root):
+        raise BadInput(path, (
+            f"is a link to {real}, outside the folder {root} (download.local.path): links out of the "
+            "folder are refused, so nothing outside it is packed; copy the file in, or point "
+            "download.local.path at the folder that holds it"))
+    return real
 
 
 def _find_archive(root: Path, kind: str) -> Path | None:
@@ -194,6 +217,7 @@ def _plan_r2gen(root: Path) -> Plan | None:
     if not found:
         return None
     annotation = found[0]
+    _inside(annotation, root)
     images = annotation.parent / "images"
     if not images.is_dir():
         raise _Missing(f"found {_relative(annotation, root)} but no images/ folder beside it")
@@ -250,7 +274,7 @@ def _plan_kaggle(root: Path) -> Plan | None:
         raise _Missing(f"found the Kaggle tables in {_relative(folder, root)}/ but not {', '.join(absent)}")
     rows = {}
     for name, path in tables.items():
-        columns, rows[name] = _read_csv(path)
+        columns, rows[name] = _read_csv(_inside(path, root))
         if not KAGGLE_COLUMNS[name] <= set(columns):
             wanted_columns = ", ".join(sorted(KAGGLE_COLUMNS[name]))
             raise BadInput(path, f"expected columns {wanted_columns}; found {', '.join(columns) or 'none'}")
@@ -288,6 +312,11 @@ def _plan(root: Path) -> Plan:
             partial.append(str(exc))
             continue
         if plan is not None:
+            # Every file that will be read, checked before anything is written; the plan then names
+            # the real files, which _pack opens without following a link.
+            plan.copies = {kind: _inside(path, root) for kind, path in plan.copies.items()}
+            plan.packs = {name: [(member, _inside(path, root)) for member, path in members]
+                          for name, members in plan.packs.items()}
             return plan
     if partial:
         raise BadInput(root, "; ".join(partial))
@@ -354,7 +383,8 @@ def _pack(members: list[tuple[str, Path]], dest: Path) -> str:
         bar = stack.enter_context(_bar(f"pack {dest.name}", total))
         for name, path in members:
             try:
-                f = open(path, "rb")
+                # O_NOFOLLOW: a file swapped for a link since the plan was checked is not followed.
+                f = os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)), "rb")
             except OSError as exc:
                 raise BadInput(path, f"cannot be read ({exc.strerror})") from None
             with f:
@@ -368,20 +398,48 @@ def _pack(members: list[tuple[str, Path]], dest: Path) -> str:
 
 
 def _root(cfg: dict) -> Path:
+    """The folder, resolved: the path itself may be a link (the folder is then its target)."""
     value = (cfg or {}).get("path")
     if value is None or not str(value).strip():
         raise SourceUnavailable("no path set (download.local.path)")
     path = Path(str(value)).expanduser()
     if not path.exists():
         raise BadInput(path, "does not exist (download.local.path)")
-    return path if path.is_dir() else path.parent
+    return (path if path.is_dir() else path.parent).resolve()
+
+
+def _pins(cfg: dict) -> dict[str, str]:
+    """download.local.sha256, checked: {kind: 64 hex digits} for the kinds that are pinned."""
+    value = cfg.get("sha256") or {}
+    if not isinstance(value, dict):
+        raise BadInput("params.yaml", f"download.local.sha256: expected a mapping {{images: ..., reports: ...}} "
+                                      f"or {{bundle: ...}}, got {value!r}")
+    check_keys(value, PIN_KINDS, "download.local.sha256")
+    pins = {}
+    for kind, digest in value.items():
+        if digest is None:
+            continue
+        digest = str(digest).strip().lower()
+        if not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise BadInput("params.yaml", f"download.local.sha256.{kind}: {digest!r} is not a sha256 "
+                                          "(64 hex digits) or null")
+        pins[kind] = digest
+    return pins
 
 
 def fetch(cfg: dict, raw_dir: Path, cache_dir: Path) -> dict:
     """Detect what is at download.local.path, check it, place the archives in raw_dir."""
+    cfg = check_keys(cfg, LOCAL_KEYS, "download.local")
+    pins = _pins(cfg)
     root = _root(cfg)
     raw_dir = Path(raw_dir)
     plan = _plan(root)
+    produced = set(plan.copies) | {next((k for k, n in ARCHIVES.items() if n == name), "bundle")
+                                   for name in plan.packs}
+    for kind in sorted(set(pins) - produced):
+        raise BadInput("params.yaml", (
+            f"download.local.sha256.{kind} is set, but the {plan.layout} layout found in {root} "
+            f"gives no {kind} archive (it gives {', '.join(sorted(produced))})"))
     for kind, archive in plan.copies.items():  # check before writing anything
         check_archive(archive, kind)
 
@@ -399,8 +457,13 @@ def fetch(cfg: dict, raw_dir: Path, cache_dir: Path) -> dict:
                 sha = _pack(what, dest)
                 kind = next((k for k, n in ARCHIVES.items() if n == name), None)
                 check_archive(dest, kind)
-            info = write_sidecar(dest, sha)
             label = kind or "bundle"
+            if label in pins and sha != pins[label]:
+                source = what if isinstance(what, Path) else root
+                raise BadInput(source, (
+                    f"{name}: sha256 {sha} differs from download.local.sha256.{label} {pins[label]} "
+                    "(the pin is the digest of the archive placed in data/raw, as source.json records it)"))
+            info = write_sidecar(dest, sha)
             files[label], sha256[label], size[label] = name, info["sha256"], info["size"]
     except BaseException:
         for path in placed:  # nothing half-done stays in raw_dir

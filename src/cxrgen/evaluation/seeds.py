@@ -2,9 +2,8 @@
 
 Run several seeds as experiments, then summarise:
 
-    for s in 0 1 2; do dvc exp run --queue -S train.seed=$s; done
-    dvc exp run --run-all
-    cxrgen seeds                       # → metrics/seeds.md
+    for s in 0 1 2; do .venv/bin/dvc exp run -n seed$s -S train.seed=$s; done
+    .venv/bin/cxrgen seeds             # → metrics/seeds.md
 
 Experiments are grouped by every parameter except `train.seed`, so runs with other settings are
 never averaged together; each group lists its seeds.

@@ -1,7 +1,11 @@
-"""The DVC pipeline end to end, run by DVC itself in a scratch copy of the project.
+"""The DVC pipeline end to end, run by DVC itself in a scratch copy of the project, through the
+README's own commands.
 
-The copy holds the project's tracked and not-ignored files (what a clone has), becomes its own git
-repository, and runs `dvc exp run` / `dvc repro` with the project's virtual environment on PATH.
+The copy holds the project's tracked and not-ignored files (what a fresh clone has) and becomes its
+own git repository. Its `.venv` is a link to the environment `bin/setup` made for this checkout, so
+`bin/setup` there finds everything installed. The README's commands run in `bash -c` with no
+activated environment (the virtual environment is neither on PATH nor in VIRTUAL_ENV), as a user
+pastes them into a fresh shell; each command must appear verbatim in the README.
 """
 
 from __future__ import annotations
@@ -21,11 +25,21 @@ from conftest import SHARED_SAMPLE
 
 pytestmark = pytest.mark.pipeline
 
+README = Path(__file__).resolve().parents[1] / "README.md"
+# The README's commands, run as written (the demo with CI's settings appended, as -S options).
+DEMO = "bin/setup && .venv/bin/dvc exp run -n demo -S 'download.sources=[synthetic]'"
+BEAM_EXPERIMENT = ".venv/bin/dvc exp run -n beam5 -S decode.beam_width=5"
+METRICS_DIFF = ".venv/bin/dvc metrics diff demo beam5"
+METRICS_SHOW = ".venv/bin/dvc metrics show"
+EXP_SHOW = (".venv/bin/dvc exp show --only-changed --hide-workspace --drop '.*' "
+            "--keep 'Experiment|.*beam_width|.*attention.json:(bleu_4|f1_abnormal|distinct)'")
+TABLE_COMMANDS = (METRICS_DIFF, METRICS_SHOW, EXP_SHOW)
+MAX_TABLE_LINE = 200
+
 SYNTHETIC_REPORTS = 1200
 # CI-sized models on two CPU cores (see the README for the full-size settings). Every stage runs,
-# through DVC, with these overrides.
+# through DVC, with these overrides (after the demo's own `download.sources=[synthetic]`).
 CI_OVERRIDES = [
-    "download.sources=[synthetic]",
     f"download.synthetic.n_reports={SYNTHETIC_REPORTS}",
     # One wording per set of findings: the report is then what the image shows, so whether a model
     # uses the image shows in its val loss (with varied wording even the true finding labels gain
@@ -61,6 +75,39 @@ def _dvc(*args: str, cwd: Path, **kw) -> subprocess.CompletedProcess:
     return _run([sys.executable, "-m", "dvc", *args], cwd=cwd, **kw)
 
 
+def _fresh_shell_env() -> dict:
+    """The environment of a new shell: the project's virtual environment neither on PATH nor active."""
+    venv_bin = Path(sys.prefix) / "bin"
+    env = {key: value for key, value in os.environ.items() if key not in ("VIRTUAL_ENV", "PYTHONHOME")}
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
+                                  if p and Path(p).resolve() != venv_bin.resolve())
+    env["DVC_NO_ANALYTICS"] = "1"
+    return env
+
+
+def _shell(command: str, cwd: Path, timeout: float = 2400, documented: str | None = None) -> subprocess.CompletedProcess:
+    """A README command (`documented`, by default the command itself) as a user runs it; it must
+    succeed without a traceback."""
+    assert (documented or command) in README.read_text(), f"not in the README: {documented or command}"
+    result = subprocess.run(["bash", "-c", command], cwd=cwd, env=_fresh_shell_env(), capture_output=True,
+                            text=True, timeout=timeout)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"{command} exited {result.returncode}\n{output[-6000:]}"
+    assert "Traceback" not in output, f"{command}\n{output[-6000:]}"
+    return result
+
+
+def _link_environment(repo: Path) -> None:
+    """The copy's .venv is the environment bin/setup made here (checked: its stamp is this pyproject's)."""
+    import hashlib
+
+    stamp = Path(sys.prefix) / ".cxrgen-installed"
+    want = hashlib.sha256((repo / "pyproject.toml").read_bytes()).hexdigest()
+    assert stamp.is_file() and stamp.read_text().strip() == want, \
+        f"run the tests through bin/test (or run bin/setup first): {stamp} does not match pyproject.toml"
+    (repo / ".venv").symlink_to(Path(sys.prefix), target_is_directory=True)
+
+
 def _copy_project(src: Path, dest: Path) -> Path:
     listed = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=src, capture_output=True, check=True
@@ -89,13 +136,14 @@ def _set_params(repo: Path, updates: dict) -> None:
 
 @pytest.fixture(scope="module")
 def synthetic_repo(project_root: Path, tmp_path_factory) -> Path:
-    """A copy of the project after `dvc exp run` on the synthetic source (the README's command)."""
+    """A fresh copy of the project after the README's offline demo (with CI's settings)."""
     repo = _copy_project(project_root, tmp_path_factory.mktemp("pipeline"))
+    _link_environment(repo)
     settings = list(CI_OVERRIDES)
     if SHARED_SAMPLE.is_dir():   # the copy lives elsewhere: point the labeler check at the real sample
         settings.append(f"labeler.sample_dir={SHARED_SAMPLE}")
-    overrides = [arg for setting in settings for arg in ("-S", setting)]
-    _dvc("exp", "run", *overrides, cwd=repo, timeout=2400)
+    result = _shell(DEMO + "".join(f" -S '{setting}'" for setting in settings), cwd=repo, documented=DEMO)
+    (repo / "demo.log").write_text(result.stdout + result.stderr)
     return repo
 
 
@@ -151,7 +199,7 @@ def test_no_source_reachable_fails_fast_with_the_synthetic_command(project_root:
     assert result.returncode != 0
     assert "could not get the IU X-ray archives" in result.stderr, result.stderr
     assert "torrent:" in result.stderr and "https:" in result.stderr, result.stderr
-    assert "dvc exp run -S 'download.sources=[synthetic]'" in result.stderr, result.stderr
+    assert ".venv/bin/dvc exp run -S 'download.sources=[synthetic]'" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     assert elapsed < peer_timeout + 60, f"took {elapsed:.0f} s"
     assert not (repo / "data" / "raw").exists(), "a failed download left data/raw behind"
@@ -222,13 +270,13 @@ def test_both_models_trained_with_their_blank_image_control(synthetic_repo: Path
 
 
 def test_evaluation_shows_floors_beside_every_model(synthetic_repo: Path):
-    floors = _metrics(synthetic_repo, "floors")
+    floors = _metrics(synthetic_repo, "details/floors")
     assert floors["constant_report"] and 0 < floors["constant_val_bleu_4"] <= 1
     for floor in ("constant", "retrieval"):
         assert 0 <= floors[floor]["bleu_4"] <= 1
         assert floors[floor]["bleu_4_low"] <= floors[floor]["bleu_4"] <= floors[floor]["bleu_4_high"]
     for name in ("baseline", "attention"):
-        record = _metrics(synthetic_repo, name)
+        record = _metrics(synthetic_repo, f"details/{name}")
         assert record["data_source"] == "synthetic" and record["weights"].startswith("random")
         assert record["split"]["method"] == "random" and record["train_seed"] == 0
         for decoding in ("greedy", "beam"):
@@ -240,14 +288,29 @@ def test_evaluation_shows_floors_beside_every_model(synthetic_repo: Path):
         assert record["beam_vs_constant"]["bleu_4"]["difference"] == pytest.approx(
             record["beam"]["bleu_4"] - floors["constant"]["bleu_4"], abs=1e-5)
     table = (synthetic_repo / "metrics" / "comparison.md").read_text()
-    for row in ("floor: constant", "floor: retrieval", "baseline (beam 3", "attention (beam 3"):
+    for row in ("floor: constant", "floor: retrieval", "ceiling: label oracle", "baseline (beam 3",
+                "attention (beam 3"):
         assert row in table, table
     assert "synthetic" in table and "random" in table
-    # The attention model writes clinically better reports than both floors, and the table says so.
-    attention = _metrics(synthetic_repo, "attention")
+    # The label oracle (a ceiling) is scored beside the floors. The attention model states more
+    # correct findings than both floors over the 14 observations, and more abnormal ones than the
+    # constant report; the table says so. (Not yet asserted, because not yet true in this run:
+    # abnormal-finding F1 above the retrieval floor, measured +.022 [-.058, +.111], and at least half
+    # as many distinct reports as the oracle, measured 4 vs 35; issue #11.)
+    attention = _metrics(synthetic_repo, "details/attention")
+    oracle = floors["label_oracle"]
+    assert oracle["abnormal_f1"] > 0.5 and oracle["distinct_reports"] > 10, oracle
     for floor in ("constant", "retrieval"):
         assert attention["beam"]["micro_f1"] > floors[floor]["micro_f1"], (floor, attention["beam"], floors[floor])
-        assert f"attention BEATS the {floor} floor on clinical micro-F1" in table, table
+        assert attention["beam_vs_" + floor]["micro_f1"]["verdict"] == "better", attention["beam_vs_" + floor]
+    assert attention["beam_vs_constant"]["abnormal_f1"]["verdict"] == "better", attention["beam_vs_constant"]
+    assert "attention BEATS the constant floor on abnormal-finding F1" in table, table
+    # What DVC shows: one flat headline per system, the same keys for models and floors.
+    headline = _metrics(synthetic_repo, "attention")
+    assert headline["f1_abnormal"] == round(attention["beam"]["abnormal_f1"], 4)
+    assert headline["image_gain"] == round(_metrics(synthetic_repo, "train_attention")["val_loss_gain"], 4)
+    for name in ("floor_constant", "floor_retrieval", "oracle"):
+        assert set(_metrics(synthetic_repo, name)) == set(headline) - {"image_gain"}, name
     maps = sorted((synthetic_repo / "metrics" / "attention_maps").glob("*.png"))
     assert maps, "no attention maps written"
 
@@ -259,29 +322,33 @@ def test_labeler_agreement_is_recorded(synthetic_repo: Path, shared_sample: Path
     assert labeler["collection"]["micro"]["f1"] > 0.8  # synthetic MeSH terms follow the grammar's findings
 
 
-def test_new_beam_width_reruns_only_evaluation(synthetic_repo: Path):
-    # As a user would: commit the finished run, then try a setting against it.
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
-    _run([*git, "add", "-A"], cwd=synthetic_repo)
-    _run([*git, "commit", "-qm", "synthetic run"], cwd=synthetic_repo)
-    result = _dvc("exp", "run", "-S", "decode.beam_width=5", cwd=synthetic_repo)
-    ran = result.stdout
+def test_readme_experiment_commands_compare_two_experiments(synthetic_repo: Path):
+    """A beam width as an experiment beside the demo, then DVC's tables, all as the README shows them:
+    nothing upstream of evaluation reruns, and every table fits a terminal."""
+    ran = _shell(BEAM_EXPERIMENT, cwd=synthetic_repo, timeout=1200).stdout
     for stage in ("download", "extract", "prepare", "features", "train@baseline", "train@attention",
                   "floors", "labeler"):
         assert f"Running stage '{stage}'" not in ran, ran
     assert "Running stage 'evaluate@attention'" in ran, ran
-    assert _metrics(synthetic_repo, "attention")["decode"]["beam_width"] == 5
-    diff = json.loads(_dvc("metrics", "diff", "--json", cwd=synthetic_repo).stdout)
-    changed = diff.get("metrics/attention.json", {})
-    assert "decode.beam_width" in changed, sorted(changed)
-    assert not any(path.startswith("metrics/train_") for path in diff), sorted(diff)
+    assert _metrics(synthetic_repo, "details/attention")["decode"]["beam_width"] == 5
+    outputs = {command: _shell(command, cwd=synthetic_repo, timeout=300).stdout for command in TABLE_COMMANDS}
+    for command, out in outputs.items():
+        (synthetic_repo / f"table_{TABLE_COMMANDS.index(command)}.txt").write_text(out)
+        longest = max((len(line) for line in out.splitlines()), default=0)
+        assert longest <= MAX_TABLE_LINE, f"{command}: a {longest}-character line\n{out}"
+    assert len(outputs[METRICS_SHOW].splitlines()) <= 60, outputs[METRICS_SHOW]
+    diff = outputs[METRICS_DIFF]
+    assert "metrics/attention.json" in diff and "bleu_4" in diff, diff
+    assert "train_" not in diff and "floor_" not in diff, diff   # training and floors did not change
+    shown = outputs[EXP_SHOW]
+    assert "demo" in shown and "beam5" in shown and "beam_width" in shown, shown
 
 
 def test_app_serves_the_pipeline_models_to_a_real_browser(synthetic_repo: Path, project_root: Path):
     """The README's app command on what this synthetic `dvc repro` made, driven by headless chromium."""
     env = {**os.environ, "CXRGEN_TEST_PROJECT": str(synthetic_repo)}
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                             str(project_root / "tests" / "test_app_browser.py")],
+                             str(project_root / "tests" / "assistant" / "test_app_browser.py")],
                             cwd=project_root, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
 

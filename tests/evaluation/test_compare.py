@@ -67,3 +67,17 @@ def test_a_floors_file_without_the_oracle_is_refused():
 def test_no_models_is_an_error():
     with pytest.raises(BadInput):
         comparison_markdown({}, FLOORS)
+
+
+def test_with_reports_chosen_by_the_findings_the_verdicts_are_on_that_decoding():
+    record = _model({"constant": "worse", "retrieval": "worse"})          # the beam's verdicts
+    record["decode"]["rerank_samples"] = 50
+    record["final"] = "rerank"
+    record["rerank"] = _row(0.45, distinct=20)
+    for floor in ("constant", "retrieval"):
+        record[f"rerank_vs_{floor}"] = _versus("better", 0.2)
+    text = comparison_markdown({"attention": record}, FLOORS)
+    assert "| attention (beam 3 + 50 samples, chosen by the findings; train seed 0) |" in text
+    assert "attention BEATS the retrieval floor on abnormal-finding F1" in text
+    assert "## In short (abnormal-finding F1; beam 3 + 50 samples, chosen by the findings)" in text
+    assert "20 distinct reports (oracle 15)" in text

@@ -23,12 +23,16 @@ from cxrgen.modeling.decode import (  # noqa: E402
     DecodeSettings,
     beam_search,
     beam_search_reference,
+    choose_by_findings,
+    findings_agreement,
     greedy,
     length_factors,
     ngram_bans,
     ngram_bans_one,
 )
+from cxrgen.modeling.decode import sample as sample_reports  # noqa: E402
 from cxrgen.modeling.models import MaskedTokenLoss, build_model, save_model  # noqa: E402
+from cxrgen.observations import OBSERVATIONS  # noqa: E402
 from cxrgen.modeling.train import token_matrix  # noqa: E402
 
 MAX_LEN = 16
@@ -269,3 +273,85 @@ def test_speed_benchmark_writes_its_key_and_keeps_the_others(trained, tmp_path, 
     assert set(result["results"]) == {"greedy", "beam3", "beam5"}
     for timing in result["results"].values():
         assert timing["batched_studies_per_s"] > 0 and timing["same_reports_as_reference"] == "2/2"
+
+
+# ---------------------------------------------------------------------------------------------
+# Choosing among the beam's and sampled reports by the findings
+
+
+def test_findings_agreement_by_hand():
+    p = np.full(len(OBSERVATIONS), 0.1)
+    p[OBSERVATIONS.index("Cardiomegaly")] = 0.9
+    texts = ["the heart is enlarged .", "the heart is normal in size . the lungs are clear ."]
+    got = findings_agreement(texts, p)
+    # the first states Cardiomegaly only; the second states No Finding only (the labeler's reading)
+    others = (len(OBSERVATIONS) - 1) * np.log(0.9)
+    assert got[0] == pytest.approx(np.log(0.9) + others)
+    assert got[1] == pytest.approx(np.log(0.1) + np.log(0.1) + (len(OBSERVATIONS) - 2) * np.log(0.9))
+    assert got[0] > got[1]
+
+
+@pytest.mark.parametrize("name", ["baseline", "attention"])
+def test_sampling_is_seeded_and_near_zero_temperature_is_greedy(trained, name):
+    model, features = trained[name]
+    first = sample_reports(model, features, 4, 1.0, MAX_LEN, seed=3, batch_size=4)
+    assert first.shape == (len(features), 4, MAX_LEN - 1)
+    np.testing.assert_array_equal(first, sample_reports(model, features, 4, 1.0, MAX_LEN, seed=3, batch_size=7))
+    assert not np.array_equal(first, sample_reports(model, features, 4, 1.0, MAX_LEN, seed=4, batch_size=4))
+    for row in first.reshape(-1, MAX_LEN - 1):   # <pad> only after <end>, and never <start>
+        ended = np.flatnonzero(row == END_ID)
+        if ended.size:
+            assert (row[ended[0] + 1:] == PAD_ID).all()
+        assert START_ID not in row and PAD_ID not in row[: ended[0] if ended.size else None]
+    cold = sample_reports(model, features, 2, 1e-6, MAX_LEN, seed=0)
+    plain = greedy(model, features, MAX_LEN).tokens
+    for k in range(2):
+        np.testing.assert_array_equal(cold[:, k], plain)
+
+
+def _with_head(trained, name):
+    """The trained tiny model's decoder with a finding head whose weights say something per study."""
+    model, features = trained[name]
+    sizes = {**SIZES[name], "finding_weight": 1.0}
+    headed = build_model(name, model.vocab_size, features.shape[1:], sizes, dtype="float64")
+    by_name = {w.path: w for w in model.weights}
+    for weight in headed.weights:   # the decoder's weights where they fit, so it writes words
+        if weight.path in by_name and tuple(by_name[weight.path].shape) == tuple(weight.shape):
+            weight.assign(by_name[weight.path])
+        elif "finding_classifier" in weight.path:   # a head sure of cardiomegaly and of nothing else
+            if "bias" in weight.path:
+                wanted = np.arange(weight.shape[0]) % len(OBSERVATIONS) == OBSERVATIONS.index("Cardiomegaly")
+                weight.assign(np.where(wanted, 8.0, -8.0))
+            else:
+                weight.assign(np.zeros(weight.shape))
+    return headed, features
+
+
+def test_choose_by_findings_keeps_the_candidate_the_head_finds_most_likely(trained, data):
+    # The attention model: its trained decoder's weights all fit the headed one, so it writes words the
+    # labeler reads (choose_by_findings itself does not depend on the kind of model).
+    model, features = _with_head(trained, "attention")
+    settings = DecodeSettings(beam_width=3, max_len=MAX_LEN, rerank_samples=6, rerank_seed=2)
+    beam = beam_search(model, features, settings).texts(data["vocab"])
+    chosen = choose_by_findings(model, features, beam, data["vocab"], settings, batch_size=4)
+    sampled = sample_reports(model, features, 6, 1.0, MAX_LEN, seed=2, batch_size=4)
+    probabilities = np.asarray(model.finding_probabilities(features))
+    assert (probabilities[:, OBSERVATIONS.index("Cardiomegaly")] > 0.99).all()
+    picked_a_sample = 0
+    for study, text in enumerate(chosen):
+        candidates = [beam[study]] + [data["vocab"].decode(row) for row in sampled[study]]
+        agreement = findings_agreement(candidates, probabilities[study])
+        assert text == candidates[int(np.argmax(agreement))]
+        picked_a_sample += int(np.argmax(agreement)) > 0 and text != beam[study]
+    assert picked_a_sample > 0, "the head never preferred a sampled report: the check would pass vacuously"
+    assert sum("enlarged" in text for text in chosen) > sum("enlarged" in text for text in beam)
+
+
+def test_choose_by_findings_needs_a_finding_head_and_sane_settings(trained, data):
+    model, features = trained["baseline"]          # trained without a head
+    settings = DecodeSettings(beam_width=2, max_len=MAX_LEN, rerank_samples=2)
+    with pytest.raises(BadInput, match="finding head"):
+        choose_by_findings(model, features, ["x"] * len(features), data["vocab"], settings)
+    for bad in ({"rerank_samples": -1}, {"rerank_temperature": 0}, {"rerank_seed": 1.5}):
+        with pytest.raises(BadInput, match="decode.rerank"):
+            DecodeSettings(**bad)

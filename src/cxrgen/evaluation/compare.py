@@ -70,6 +70,9 @@ def comparison_markdown(models: dict[str, dict], floors: dict) -> str:
         raise BadInput("metrics/details/floors.json", f"no {', '.join(missing)} (rerun the floors stage)")
     first = next(iter(models.values()))
     beam = first["decode"]["beam_width"]
+    final = first.get("final", "beam")
+    samples = first["decode"].get("rerank_samples", 0)
+    final_label = f"beam {beam}" if final == "beam" else f"beam {beam} + {samples} samples, chosen by the findings"
     n = first.get("test_studies")
     reference_tokens = first.get("reference_mean_tokens")
     lines = [
@@ -98,22 +101,25 @@ def comparison_markdown(models: dict[str, dict], floors: dict) -> str:
                  + " | ".join(_cell(floors[ORACLE], key, n) for _, key in COLUMNS) + " |")
     for name, record in models.items():
         train = f"train seed {record.get('train_seed')}"
-        for decoding, label in (("greedy", "greedy"), ("beam", f"beam {beam}")):
+        decodings = [("greedy", "greedy"), ("beam", f"beam {beam}")]
+        if "rerank" in record:
+            decodings.append(("rerank", f"beam {beam} + {samples} samples, chosen by the findings"))
+        for decoding, label in decodings:
             lines.append(f"| {name} ({label}; {train}) | "
                          + " | ".join(_cell(record[decoding], key, n) for _, key in COLUMNS) + " |")
     names = dict((key, name) for name, key in COLUMNS)
-    lines += ["", f"## Does each model beat the floors? (beam {beam}; paired bootstrap of model − floor)", "",
+    lines += ["", f"## Does each model beat the floors? ({final_label}; paired bootstrap of model − floor)", "",
               "| model | floor | " + " | ".join(names[key] for key in COMPARED) + " |",
               "|---|---|" + "---|" * len(COMPARED)]
     for name, record in models.items():
         for floor in FLOORS:
-            diffs = record[f"beam_vs_{floor}"]
+            diffs = record[f"{final}_vs_{floor}"]
             lines.append(f"| {name} | {floor} | " + " | ".join(_verdict(diffs.get(key)) for key in COMPARED) + " |")
     oracle = floors[ORACLE]
-    lines += ["", "## In short (abnormal-finding F1, beam decoding)", ""]
+    lines += ["", f"## In short (abnormal-finding F1; {final_label})", ""]
     for name, record in models.items():
         for floor in FLOORS:
-            d = record[f"beam_vs_{floor}"].get(VERDICT_METRIC)
+            d = record[f"{final}_vs_{floor}"].get(VERDICT_METRIC)
             if d is None:
                 lines.append(f"- {name} vs the {floor} floor on abnormal-finding F1: undefined "
                              "(no abnormal finding stated on either side).")
@@ -122,7 +128,7 @@ def comparison_markdown(models: dict[str, dict], floors: dict) -> str:
                         "not distinguishable": "does NOT clearly beat"}[d["verdict"]]
                 lines.append(f"- {name} {says} the {floor} floor on abnormal-finding F1 "
                              f"({d['difference']:+.3f}, 95% interval [{d['low']:+.3f}, {d['high']:+.3f}]).")
-        beam_record = record["beam"]
+        beam_record = record[final]
         lines.append(f"- {name}: abnormal-finding F1 {_ratio(beam_record.get('abnormal_f1'), oracle.get('abnormal_f1'))} "
                      f"× the label oracle's; {beam_record.get('distinct_reports')} distinct reports "
                      f"(oracle {oracle.get('distinct_reports')}); mean length "

@@ -290,7 +290,7 @@ def run_evaluate(model_name: str, params: dict, model_path: str | Path, prepared
     """Decode the test split (greedy and beam) and score it; details to `metrics_path`, the beam
     decoding's headline (plus the training run's image gain) to `headline_path` for DVC."""
     from cxrgen.data.vocab import Vocab
-    from cxrgen.modeling.decode import DecodeSettings, beam_search, greedy
+    from cxrgen.modeling.decode import DecodeSettings, beam_search, choose_by_findings, greedy
     from cxrgen.modeling.models import load_model
     from cxrgen.modeling.train import load_features
 
@@ -311,6 +311,12 @@ def run_evaluate(model_name: str, params: dict, model_path: str | Path, prepared
         "beam": beam_search(model, features, decode, settings["batch_size"]),
     }
     texts = {name: d.texts(vocab) for name, d in decoded.items()}
+    # The decoding the headline reports: the beam's, or the one chosen by the findings among the beam's
+    # and sampled reports (decode.rerank_samples > 0).
+    final = "rerank" if decode.rerank_samples else "beam"
+    if decode.rerank_samples:
+        texts["rerank"] = choose_by_findings(model, features, texts["beam"], vocab, decode)
+    decodings = ("greedy", "beam", "rerank") if decode.rerank_samples else ("greedy", "beam")
     texts.update(load_floors(floors_path, report_ids))
     reference_labels = labeler.label_matrix(references)
     with scores.MeteorScorer() as meteor:
@@ -322,7 +328,10 @@ def run_evaluate(model_name: str, params: dict, model_path: str | Path, prepared
         "model": model_name,
         **provenance(data_metrics, _read_json(features_dir / "features.json"), train_metrics),
         "decode": {"beam_width": decode.beam_width, "length_penalty": decode.length_penalty,
-                   "no_repeat_ngram": decode.no_repeat_ngram, "max_len": decode.max_len},
+                   "no_repeat_ngram": decode.no_repeat_ngram, "max_len": decode.max_len,
+                   "rerank_samples": decode.rerank_samples, "rerank_temperature": decode.rerank_temperature,
+                   "rerank_seed": decode.rerank_seed},
+        "final": final,
         "test_studies": len(references),
         "reference_mean_tokens": round(float(np.mean([len(r.split()) for r in references])), 3),
         "labeler": labeler.LABELER_VERSION,
@@ -331,15 +340,17 @@ def run_evaluate(model_name: str, params: dict, model_path: str | Path, prepared
         "beam": summary(systems["beam"], settings),
         ORACLE: summary(systems[ORACLE], settings),
     }
-    for decoding in ("greedy", "beam"):
+    if "rerank" in systems:
+        metrics["rerank"] = summary(systems["rerank"], settings)
+    for decoding in decodings:
         for floor in FLOORS:
             metrics[f"{decoding}_vs_{floor}"] = versus(systems[decoding], systems[floor], settings)
 
     write_predictions(predictions_path, report_ids, references, reference_labels,
-                      {name: systems[name] for name in ("greedy", "beam")})
-    write_json_atomic(plots_dir / f"f1_{model_name}.json", f1_plot(systems["beam"]))
-    write_json_atomic(plots_dir / f"length_{model_name}.json", length_plot(systems["beam"], references))
+                      {name: systems[name] for name in decodings})
+    write_json_atomic(plots_dir / f"f1_{model_name}.json", f1_plot(systems[final]))
+    write_json_atomic(plots_dir / f"length_{model_name}.json", length_plot(systems[final], references))
     gain = train_metrics.get("val_loss_gain")
-    write_json_atomic(headline_path, headline(metrics["beam"], {"image_gain": None if gain is None else round(gain, 4)}))
+    write_json_atomic(headline_path, headline(metrics[final], {"image_gain": None if gain is None else round(gain, 4)}))
     write_json_atomic(metrics_path, metrics)
     return metrics

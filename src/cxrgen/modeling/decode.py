@@ -21,6 +21,13 @@ complete an n-gram already present among the hypothesis's generated tokens is fo
 `beam_search` decodes a batch of studies at once: the recurrent state has one row per (study, beam)
 and the only Python loop is over time steps. `beam_search_reference` is the plain version (Python
 loops over studies and beams, the model run on one beam at a time) kept to check the batched one.
+
+Choosing by the findings (`rerank_samples` = N > 0; clinically consistent selection). Beam search
+maximises the language model's probability, and a decoder trained on mostly normal reports then
+writes the normal template whatever the finding head reads. `choose_by_findings` takes, for each
+study, the beam's report and N reports sampled from the decoder (temperature `rerank_temperature`,
+seeded by `rerank_seed`), reads each with the labeler, and keeps the one whose 14 labels the finding
+head finds most likely: sum over observations of log p if the report states it, else log (1 - p).
 """
 
 from __future__ import annotations
@@ -31,13 +38,16 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
+from cxrgen.data import labeler
 from cxrgen.data.vocab import END_ID, PAD_ID, START_ID, Vocab
 from cxrgen.errors import BadInput
 from cxrgen.modeling.models import ReportGenerator
 from cxrgen.params import with_defaults
 
 NEVER_GENERATED = (PAD_ID, START_ID)
-DECODE_DEFAULTS = {"beam_width": 3, "length_penalty": 0.0, "no_repeat_ngram": 0, "max_len": 60}
+DECODE_DEFAULTS = {"beam_width": 3, "length_penalty": 0.0, "no_repeat_ngram": 0, "max_len": 60,
+                   "rerank_samples": 0, "rerank_temperature": 1.0, "rerank_seed": 0}
+AGREEMENT_EPS = 1e-4   # keeps log p finite for a head that is certain
 
 
 @dataclass(frozen=True)
@@ -46,9 +56,16 @@ class DecodeSettings:
     length_penalty: float = 0.0   # alpha of the GNMT length penalty
     no_repeat_ngram: int = 0      # 0: off
     max_len: int = 60             # counts <start> and <end>: at most max_len - 1 generated tokens
+    rerank_samples: int = 0       # reports sampled per study beside the beam's, chosen by the findings; 0: off
+    rerank_temperature: float = 1.0
+    rerank_seed: int = 0
 
     def __post_init__(self):
-        for key, least in (("beam_width", 1), ("max_len", 2), ("no_repeat_ngram", 0)):
+        if not isinstance(self.rerank_temperature, (int, float)) or self.rerank_temperature <= 0:
+            raise BadInput("params.yaml",
+                           f"decode.rerank_temperature must be a number > 0, not {self.rerank_temperature!r}")
+        for key, least in (("beam_width", 1), ("max_len", 2), ("no_repeat_ngram", 0), ("rerank_samples", 0),
+                           ("rerank_seed", 0)):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < least:
                 raise BadInput("params.yaml", f"decode.{key} must be an integer >= {least}, not {value!r}")
@@ -314,3 +331,68 @@ def _collect(model: ReportGenerator, results: list, steps: int) -> Decoded:
         finished=np.array([h.finished for h, _ in results], dtype=bool),
         attention=attention,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Choosing among candidates by the findings
+
+
+def sample(model: ReportGenerator, features, n: int, temperature: float, max_len: int, seed: int,
+           batch_size: int = 32) -> np.ndarray:
+    """(N, n, max_len - 1) token ids: n reports per study drawn from the decoder (Gumbel-max at
+    `temperature`; <pad> after <end>). Study i draws from its own generator, seeded by (seed, i), so
+    its samples do not depend on the batch size or on the other studies."""
+    features = _check_features(model, features)
+    encode, step = _compiled(model)
+    steps = max_len - 1
+    out = np.full((len(features), n, steps), PAD_ID, np.int32)
+    for start in range(0, len(features), batch_size):
+        batch = features[start:start + batch_size]
+        context, states = encode(tf.convert_to_tensor(batch))
+        context = tuple(tf.repeat(part, n, axis=0) for part in context)
+        states = [tf.repeat(part, n, axis=0) for part in states]
+        rows = len(batch) * n
+        generators = [np.random.default_rng((seed, start + i)) for i in range(len(batch))]
+        last, done = np.full(rows, START_ID, np.int32), np.zeros(rows, bool)
+        tokens = np.full((rows, steps), PAD_ID, np.int32)
+        for t in range(steps):
+            log_probs, states, _ = step(tf.constant(last), states, context)
+            log_probs = log_probs.numpy()
+            log_probs[:, list(NEVER_GENERATED)] = -np.inf
+            noise = np.concatenate([g.gumbel(size=(n, log_probs.shape[1])) for g in generators])
+            token = np.argmax(log_probs / temperature + noise, axis=1).astype(np.int32)
+            token[done] = PAD_ID
+            tokens[:, t] = token
+            done |= token == END_ID
+            last = token
+            if done.all():
+                break
+        out[start:start + len(batch)] = tokens.reshape(len(batch), n, steps)
+    return out
+
+
+def findings_agreement(texts: list[str], probabilities: np.ndarray) -> np.ndarray:
+    """(len(texts),) log-likelihood under one study's head `probabilities` (14,) of each report's labels."""
+    stated = labeler.positive_matrix(labeler.label_matrix(texts))
+    p = np.clip(np.asarray(probabilities, np.float64), AGREEMENT_EPS, 1 - AGREEMENT_EPS)
+    return (stated * np.log(p) + ~stated * np.log1p(-p)).sum(axis=1)
+
+
+def choose_by_findings(model: ReportGenerator, features, beam_texts: list[str], vocab: Vocab,
+                       settings: DecodeSettings, batch_size: int = 32) -> list[str]:
+    """Per study, of its beam report and `settings.rerank_samples` sampled ones, the report whose
+    labels the finding head finds most likely (ties: the beam's, then the first sampled)."""
+    features = _check_features(model, features)
+    if getattr(model, "finding_classifier", None) is None:
+        raise BadInput("params.yaml", f"decode.rerank_samples needs a finding head, and this {model.name} model "
+                                      "has none (model.<name>.finding_weight is 0)")
+    if len(beam_texts) != len(features):
+        raise BadInput("features", f"{len(features)} studies but {len(beam_texts)} beam reports")
+    probabilities = np.asarray(model.finding_probabilities(tf.convert_to_tensor(features)))
+    sampled = sample(model, features, settings.rerank_samples, settings.rerank_temperature, settings.max_len,
+                     settings.rerank_seed, batch_size)
+    chosen = []
+    for study, rows in enumerate(sampled):
+        candidates = [beam_texts[study]] + [vocab.decode(row) for row in rows]
+        chosen.append(candidates[int(np.argmax(findings_agreement(candidates, probabilities[study])))])
+    return chosen

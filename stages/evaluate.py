@@ -2,6 +2,7 @@
 
 import argparse
 
+from cxrgen.evaluation.systems import decoding_label, score_line
 from cxrgen.params import load_params
 from cxrgen.quiet import import_tensorflow
 from cxrgen.stage import run_stage
@@ -27,18 +28,9 @@ def main() -> None:
         args.model, params, f"models/{args.model}.keras", args.prepared, args.features, args.floors,
         args.data_metrics, f"metrics/train_{args.model}.json", f"data/predictions/{args.model}.parquet",
         f"{args.details}/{args.model}.json", args.plots, f"metrics/{args.model}.json")
-    beam = metrics[metrics["final"]]
-    how = f"beam {metrics['decode']['beam_width']}"
-    if metrics["final"] == "rerank":
-        how += f" + {metrics['decode']['rerank_samples']} samples, chosen by the findings"
-    print(f"evaluate: {args.model} ({how}): BLEU-4 {beam['bleu_4']:.3f}, "
-          f"abnormal-finding F1 {_rounded(beam['abnormal_f1'])}, 14-observation micro-F1 "
-          f"{_rounded(beam['micro_f1'])}, {beam['distinct_reports']} distinct reports for "
-          f"{metrics['test_studies']} studies", flush=True)
-
-
-def _rounded(value):
-    return "n/a" if value is None else f"{value:.3f}"
+    final = metrics["final"]
+    print(f"evaluate: {args.model} ({decoding_label(metrics['decode'], final)}): {score_line(metrics[final])} "
+          f"for {metrics['test_studies']} studies", flush=True)
 
 
 if __name__ == "__main__":

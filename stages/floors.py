@@ -6,7 +6,8 @@ Reads params `evaluate` only (not `decode`, not the models): floors do not chang
 
 import argparse
 
-from cxrgen.evaluation.evaluate import FLOOR_STAGE_SYSTEMS, run_floors
+from cxrgen.evaluation.evaluate import run_floors
+from cxrgen.evaluation.systems import FLOOR_STAGE_SYSTEMS, score_line
 from cxrgen.params import load_params
 from cxrgen.quiet import import_tensorflow
 from cxrgen.stage import run_stage
@@ -27,13 +28,7 @@ def main() -> None:
                          args.predictions, args.metrics, args.headline)
     for name in FLOOR_STAGE_SYSTEMS:
         row = metrics[name]
-        print(f"floors: {name}: BLEU-4 {row['bleu_4']:.3f}, abnormal-finding F1 {_rounded(row['abnormal_f1'])}, "
-              f"14-observation micro-F1 {_rounded(row['micro_f1'])}, {row['distinct_reports']} distinct reports",
-              flush=True)
-
-
-def _rounded(value):
-    return "n/a" if value is None else f"{value:.3f}"
+        print(f"floors: {name}: {score_line(row)}", flush=True)
 
 
 if __name__ == "__main__":

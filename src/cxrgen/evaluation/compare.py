@@ -13,6 +13,7 @@ on BLEU and on the 14-observation F1 ("No Finding" is most studies' label).
 from __future__ import annotations
 
 from cxrgen.errors import BadInput
+from cxrgen.evaluation.systems import FLOORS, ORACLE, decoding_label
 
 COLUMNS = (("BLEU-1", "bleu_1"), ("BLEU-2", "bleu_2"), ("BLEU-3", "bleu_3"), ("BLEU-4", "bleu_4"),
            ("METEOR", "meteor"), ("ROUGE-L", "rouge_l"), ("CIDEr", "cider"),
@@ -22,8 +23,6 @@ COLUMNS = (("BLEU-1", "bleu_1"), ("BLEU-2", "bleu_2"), ("BLEU-3", "bleu_3"), ("B
 WITH_INTERVAL = ("bleu_4", "abnormal_f1", "micro_f1")
 VERDICT_METRIC = "abnormal_f1"
 COMPARED = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider", "abnormal_f1", "micro_f1")
-FLOORS = ("constant", "retrieval")
-ORACLE = "label_oracle"
 
 
 def _cell(row: dict, key: str, n_studies: int | None) -> str:
@@ -69,10 +68,8 @@ def comparison_markdown(models: dict[str, dict], floors: dict) -> str:
     if missing:
         raise BadInput("metrics/details/floors.json", f"no {', '.join(missing)} (rerun the floors stage)")
     first = next(iter(models.values()))
-    beam = first["decode"]["beam_width"]
     final = first.get("final", "beam")
-    samples = first["decode"].get("rerank_samples", 0)
-    final_label = f"beam {beam}" if final == "beam" else f"beam {beam} + {samples} samples, chosen by the findings"
+    final_label = decoding_label(first["decode"], final)
     n = first.get("test_studies")
     reference_tokens = first.get("reference_mean_tokens")
     lines = [
@@ -101,11 +98,8 @@ def comparison_markdown(models: dict[str, dict], floors: dict) -> str:
                  + " | ".join(_cell(floors[ORACLE], key, n) for _, key in COLUMNS) + " |")
     for name, record in models.items():
         train = f"train seed {record.get('train_seed')}"
-        decodings = [("greedy", "greedy"), ("beam", f"beam {beam}")]
-        if "rerank" in record:
-            decodings.append(("rerank", f"beam {beam} + {samples} samples, chosen by the findings"))
-        for decoding, label in decodings:
-            lines.append(f"| {name} ({label}; {train}) | "
+        for decoding in [d for d in ("greedy", "beam", "rerank") if d in record]:
+            lines.append(f"| {name} ({decoding_label(record['decode'], decoding)}; {train}) | "
                          + " | ".join(_cell(record[decoding], key, n) for _, key in COLUMNS) + " |")
     names = dict((key, name) for name, key in COLUMNS)
     lines += ["", f"## Does each model beat the floors? ({final_label}; paired bootstrap of model − floor)", "",
@@ -128,9 +122,9 @@ def comparison_markdown(models: dict[str, dict], floors: dict) -> str:
                         "not distinguishable": "does NOT clearly beat"}[d["verdict"]]
                 lines.append(f"- {name} {says} the {floor} floor on abnormal-finding F1 "
                              f"({d['difference']:+.3f}, 95% interval [{d['low']:+.3f}, {d['high']:+.3f}]).")
-        beam_record = record[final]
-        lines.append(f"- {name}: abnormal-finding F1 {_ratio(beam_record.get('abnormal_f1'), oracle.get('abnormal_f1'))} "
-                     f"× the label oracle's; {beam_record.get('distinct_reports')} distinct reports "
+        reported = record[final]
+        lines.append(f"- {name}: abnormal-finding F1 {_ratio(reported.get('abnormal_f1'), oracle.get('abnormal_f1'))} "
+                     f"× the label oracle's; {reported.get('distinct_reports')} distinct reports "
                      f"(oracle {oracle.get('distinct_reports')}); mean length "
-                     f"{_cell(beam_record, 'mean_tokens', n)} tokens (references {reference_tokens}).")
+                     f"{_cell(reported, 'mean_tokens', n)} tokens (references {reference_tokens}).")
     return "\n".join(lines) + "\n"

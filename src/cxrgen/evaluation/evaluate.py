@@ -1,6 +1,7 @@
 """Scoring report generators and floors on the test split, the same way for every system.
 
-Every system (a model's greedy and beam output, the constant and retrieval floors) is scored by
+Every system (a model's greedy, beam and findings-chosen output, the constant and retrieval floors,
+the label oracle) is scored by
 `score_system`: the literature's text metrics (cxrgen.evaluation.scores, pycocoevalcap-compatible) on the
 cleaned reports, and clinical correctness (cxrgen.data.labeler on generated vs reference report →
 precision / recall / F1 over the 14 CheXpert observations), each with bootstrap 95% intervals over
@@ -22,15 +23,13 @@ import pyarrow as pa
 from cxrgen.data import labeler
 from cxrgen.errors import BadInput
 from cxrgen.evaluation import floors, scores
+from cxrgen.evaluation.systems import FLOOR_STAGE_SYSTEMS, FLOORS, ORACLE
 from cxrgen.files import read_json, write_json_atomic
 from cxrgen.params import with_defaults
 from cxrgen.tables import read_parquet, write_parquet
 
 EVALUATE_DEFAULTS = {"n_resamples": 1000, "seed": 0, "uncertain_as_positive": False, "batch_size": 64}
 MAIN_METRICS = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider", "micro_f1", "abnormal_f1")
-FLOORS = ("constant", "retrieval")          # what a model must beat
-ORACLE = "label_oracle"                     # a ceiling beside them (see floors.py)
-FLOOR_STAGE_SYSTEMS = (*FLOORS, ORACLE)
 # What DVC shows as metrics (`dvc metrics show`, `dvc exp show`, `dvc metrics diff`): one flat file per
 # system with the same keys, so models and floors line up as rows of one narrow table. Everything
 # else (greedy decoding, intervals, per-observation counts, paired differences) is in metrics/details/.
@@ -119,12 +118,16 @@ def summary(scored: Scored, settings: dict) -> dict:
             result[f"{metric}_high"] = round(interval["high"], 6)
     for key in ("abnormal_f1", "abnormal_precision", "abnormal_recall", "abnormal_macro_f1", "abnormal_macro_f1_n"):
         result[key] = clinical[key]
-    lengths = np.array([len(t.split()) for t in scored.texts])
-    result["mean_tokens"] = round(float(lengths.mean()), 3) if len(lengths) else None
+    result["mean_tokens"] = mean_tokens(scored.texts)
     result["distinct_reports"] = len(set(scored.texts))
-    result["distinct_fraction"] = round(len(set(scored.texts)) / len(scored.texts), 6) if scored.texts else None
+    result["distinct_fraction"] = round(result["distinct_reports"] / len(scored.texts), 6) if scored.texts else None
     result["clinical"] = clinical
     return {key: (round(value, 6) if isinstance(value, float) else value) for key, value in result.items()}
+
+
+def mean_tokens(texts: list[str]) -> float | None:
+    """Mean report length in words (tokens of the cleaned text), to 3 places; None for no reports."""
+    return round(float(np.mean([len(t.split()) for t in texts])), 3) if texts else None
 
 
 def versus(a: Scored, b: Scored, settings: dict) -> dict:
@@ -256,7 +259,7 @@ def run_floors(prepared_dir: str | Path, features_dir: str | Path, params: dict,
     metrics = {
         **provenance(_read_json(Path(data_metrics_path)), _read_json(Path(features_dir) / "features.json")),
         "test_studies": len(references),
-        "reference_mean_tokens": round(float(np.mean([len(r.split()) for r in references])), 3),
+        "reference_mean_tokens": mean_tokens(references),
         "labeler": labeler.LABELER_VERSION,
         "bootstrap": {"n_resamples": settings["n_resamples"], "seed": settings["seed"]},
         **chosen,
@@ -270,13 +273,14 @@ def run_floors(prepared_dir: str | Path, features_dir: str | Path, params: dict,
 
 
 def load_floors(predictions_path: str | Path, report_ids: list[str]) -> dict[str, list[str]]:
+    """The floors' reports (what a model is compared with; the oracle is scored by the floors stage alone)."""
     table = read_parquet(predictions_path)
     if table["report_id"].tolist() != report_ids:
         raise BadInput(predictions_path, "its test studies differ from data/prepared's (rerun the floors stage)")
-    missing = [name for name in FLOOR_STAGE_SYSTEMS if name not in table]
+    missing = [name for name in FLOORS if name not in table]
     if missing:
         raise BadInput(predictions_path, f"no {', '.join(missing)} column (rerun the floors stage)")
-    return {name: table[name].tolist() for name in FLOOR_STAGE_SYSTEMS}
+    return {name: table[name].tolist() for name in FLOORS}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,10 +291,16 @@ def run_evaluate(model_name: str, params: dict, model_path: str | Path, prepared
                  features_dir: str | Path, floors_path: str | Path, data_metrics_path: str | Path,
                  train_metrics_path: str | Path, predictions_path: str | Path, metrics_path: str | Path,
                  plots_dir: str | Path, headline_path: str | Path) -> dict:
-    """Decode the test split (greedy and beam) and score it; details to `metrics_path`, the beam
-    decoding's headline (plus the training run's image gain) to `headline_path` for DVC."""
+    """Decode the test split (greedy, beam, and chosen by the findings when decode.rerank_samples > 0)
+    and score it beside the floors; details to `metrics_path`, the last decoding's headline (plus the
+    training run's image gain) to `headline_path` for DVC."""
     from cxrgen.data.vocab import Vocab
-    from cxrgen.modeling.decode import DecodeSettings, beam_search, choose_by_findings, greedy
+    from cxrgen.modeling.decode import (
+        DecodeSettings,
+        beam_search,
+        choose_by_findings,
+        greedy,
+    )
     from cxrgen.modeling.models import load_model
     from cxrgen.modeling.train import load_features
 
@@ -311,12 +321,12 @@ def run_evaluate(model_name: str, params: dict, model_path: str | Path, prepared
         "beam": beam_search(model, features, decode, settings["batch_size"]),
     }
     texts = {name: d.texts(vocab) for name, d in decoded.items()}
-    # The decoding the headline reports: the beam's, or the one chosen by the findings among the beam's
-    # and sampled reports (decode.rerank_samples > 0).
-    final = "rerank" if decode.rerank_samples else "beam"
+    # The headline reports the last decoding: the beam's, or the one chosen by the findings among the
+    # beam's and sampled reports (decode.rerank_samples > 0).
+    decodings = ("greedy", "beam", "rerank") if decode.rerank_samples else ("greedy", "beam")
+    final = decodings[-1]
     if decode.rerank_samples:
         texts["rerank"] = choose_by_findings(model, features, texts["beam"], vocab, decode)
-    decodings = ("greedy", "beam", "rerank") if decode.rerank_samples else ("greedy", "beam")
     texts.update(load_floors(floors_path, report_ids))
     reference_labels = labeler.label_matrix(references)
     with scores.MeteorScorer() as meteor:
@@ -333,15 +343,11 @@ def run_evaluate(model_name: str, params: dict, model_path: str | Path, prepared
                    "rerank_seed": decode.rerank_seed},
         "final": final,
         "test_studies": len(references),
-        "reference_mean_tokens": round(float(np.mean([len(r.split()) for r in references])), 3),
+        "reference_mean_tokens": mean_tokens(references),
         "labeler": labeler.LABELER_VERSION,
         "bootstrap": {"n_resamples": settings["n_resamples"], "seed": settings["seed"]},
-        "greedy": summary(systems["greedy"], settings),
-        "beam": summary(systems["beam"], settings),
-        ORACLE: summary(systems[ORACLE], settings),
+        **{decoding: summary(systems[decoding], settings) for decoding in decodings},
     }
-    if "rerank" in systems:
-        metrics["rerank"] = summary(systems["rerank"], settings)
     for decoding in decodings:
         for floor in FLOORS:
             metrics[f"{decoding}_vs_{floor}"] = versus(systems[decoding], systems[floor], settings)

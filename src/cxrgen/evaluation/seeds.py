@@ -22,7 +22,7 @@ from cxrgen.errors import CxrgenError
 from cxrgen.files import atomic_path
 
 MODELS = ("baseline", "attention")
-# (label, key in metrics/<model>.json, the headline DVC records); beam decoding, test split.
+# (label, key in metrics/<model>.json, the headline DVC records); the reported decoding, test split.
 METRICS = (("BLEU-4", "bleu_4"), ("METEOR", "meteor"), ("ROUGE-L", "rouge_l"), ("CIDEr", "cider"),
            ("abnormal F1", "f1_abnormal"), ("14-obs F1", "f1_14"), ("distinct", "distinct"),
            ("val loss gain", "image_gain"))

@@ -26,7 +26,7 @@ Choosing by the findings (`rerank_samples` = N > 0; clinically consistent select
 maximises the language model's probability, and a decoder trained on mostly normal reports then
 writes the normal template whatever the finding head reads. `choose_by_findings` takes, for each
 study, the beam's report and N reports sampled from the decoder (temperature `rerank_temperature`,
-seeded by `rerank_seed`), reads each with the labeler, and keeps the one whose 14 labels the finding
+seeded by `rerank_seed` and the study's position), reads each with the labeler, and keeps the one whose 14 labels the finding
 head finds most likely: sum over observations of log p if the report states it, else log (1 - p).
 """
 
@@ -153,6 +153,15 @@ def _compiled(model: ReportGenerator):
     return _COMPILED[model]
 
 
+def _encode_copies(model: ReportGenerator, features, copies: int) -> tuple[tuple, list]:
+    """(context, initial states) with `copies` consecutive rows per study: the rows of study b are
+    b * copies ... b * copies + copies - 1 (a beam's or a sample's)."""
+    encode, _ = _compiled(model)
+    context, states = encode(tf.convert_to_tensor(features))
+    return (tuple(tf.repeat(part, copies, axis=0) for part in context),
+            [tf.repeat(part, copies, axis=0) for part in states])
+
+
 def _check_features(model: ReportGenerator, features: np.ndarray) -> np.ndarray:
     features = np.asarray(features)
     if features.shape[1:] != tuple(model.feature_shape()):
@@ -186,13 +195,10 @@ def _empty(model: ReportGenerator, settings: DecodeSettings) -> Decoded:
 
 
 def _beam_search_batch(model: ReportGenerator, features: np.ndarray, s: DecodeSettings) -> Decoded:
-    encode, step = _compiled(model)
+    _, step = _compiled(model)
     studies, width, vocab, steps = len(features), s.beam_width, model.vocab_size, s.steps
     factors = length_factors(steps, s.length_penalty)
-    context, states = encode(tf.convert_to_tensor(features))
-    # One row per (study, beam): study b's beams are rows b * width ... b * width + width - 1.
-    context = tuple(tf.repeat(part, width, axis=0) for part in context)
-    states = [tf.repeat(part, width, axis=0) for part in states]
+    context, states = _encode_copies(model, features, width)   # one row per (study, beam)
     study = np.arange(studies)[:, None]
     log_prob = np.zeros((studies, width))
     log_prob[:, 1:] = -np.inf  # at the start only beam 0 exists; the others would be copies of it
@@ -343,14 +349,12 @@ def sample(model: ReportGenerator, features, n: int, temperature: float, max_len
     `temperature`; <pad> after <end>). Study i draws from its own generator, seeded by (seed, i), so
     its samples do not depend on the batch size or on the other studies."""
     features = _check_features(model, features)
-    encode, step = _compiled(model)
+    _, step = _compiled(model)
     steps = max_len - 1
     out = np.full((len(features), n, steps), PAD_ID, np.int32)
     for start in range(0, len(features), batch_size):
         batch = features[start:start + batch_size]
-        context, states = encode(tf.convert_to_tensor(batch))
-        context = tuple(tf.repeat(part, n, axis=0) for part in context)
-        states = [tf.repeat(part, n, axis=0) for part in states]
+        context, states = _encode_copies(model, batch, n)
         rows = len(batch) * n
         generators = [np.random.default_rng((seed, start + i)) for i in range(len(batch))]
         last, done = np.full(rows, START_ID, np.int32), np.zeros(rows, bool)

@@ -284,11 +284,29 @@ def test_findings_agreement_by_hand():
     p[OBSERVATIONS.index("Cardiomegaly")] = 0.9
     texts = ["the heart is enlarged .", "the heart is normal in size . the lungs are clear ."]
     got = findings_agreement(texts, p)
-    # the first states Cardiomegaly only; the second states No Finding only (the labeler's reading)
-    others = (len(OBSERVATIONS) - 1) * np.log(0.9)
-    assert got[0] == pytest.approx(np.log(0.9) + others)
-    assert got[1] == pytest.approx(np.log(0.1) + np.log(0.1) + (len(OBSERVATIONS) - 2) * np.log(0.9))
-    assert got[0] > got[1]
+    # the first states Cardiomegaly only; the second states No Finding only (the labeler's reading):
+    # each scores the logit of what it states
+    assert got[0] == pytest.approx(np.log(9.0))
+    assert got[1] == pytest.approx(-np.log(9.0))
+    # the same order as the log-likelihood of the labels (they differ by a constant per study)
+    stated = np.zeros((2, len(OBSERVATIONS)), bool)
+    stated[0, OBSERVATIONS.index("Cardiomegaly")] = stated[1, OBSERVATIONS.index("No Finding")] = True
+    likelihood = (stated * np.log(p) + ~stated * np.log1p(-p)).sum(axis=1)
+    assert got[0] - got[1] == pytest.approx(likelihood[0] - likelihood[1])
+
+
+def test_a_calibrated_threshold_decides_what_counts_as_seen():
+    # The head gives cardiomegaly .3 and "no finding" .6: read at 0.5 the normal report agrees
+    # better; with cardiomegaly's threshold calibrated to .2 the enlarged heart is what it saw.
+    p = np.full(len(OBSERVATIONS), 0.1)
+    p[OBSERVATIONS.index("Cardiomegaly")], p[OBSERVATIONS.index("No Finding")] = 0.3, 0.6
+    texts = ["the heart is enlarged .", "the heart is normal in size . the lungs are clear ."]
+    assert np.argmax(findings_agreement(texts, p)) == 1
+    thresholds = np.full(len(OBSERVATIONS), 0.5)
+    thresholds[OBSERVATIONS.index("Cardiomegaly")] = 0.2
+    got = findings_agreement(texts, p, thresholds)
+    assert np.argmax(got) == 0
+    assert got[0] == pytest.approx(np.log(0.3 / 0.7) - np.log(0.2 / 0.8))
 
 
 @pytest.mark.parametrize("name", ["baseline", "attention"])

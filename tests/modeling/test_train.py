@@ -25,6 +25,8 @@ from synthetic_captions import SIZES, write_dataset  # noqa: E402
 from cxrgen.data.vocab import END_ID, PAD_ID, START_ID, build_vocab  # noqa: E402
 from cxrgen.errors import BadInput  # noqa: E402
 from cxrgen.modeling.train import (  # noqa: E402
+    abnormal_micro_f1,
+    calibrate_thresholds,
     gain_interval,
     load_training_data,
     make_dataset,
@@ -35,6 +37,8 @@ from cxrgen.modeling.train import (  # noqa: E402
     train_settings,
 )
 from cxrgen.tables import read_parquet, write_parquet  # noqa: E402
+from cxrgen.observations import OBSERVATIONS  # noqa: E402
+from cxrgen.modeling.models import load_model  # noqa: E402
 
 COUNTS = {"train": 128, "val": 32, "test": 8}
 # After the first epoch (tracing) an epoch takes a fraction of a second: enough of them to learn.
@@ -109,6 +113,12 @@ def test_through_the_finding_head_alone_the_images_still_reach_the_words(name, h
     check_run(metrics, name, tmp_path, dataset)
     assert metrics["val_finding_auc"]["Cardiomegaly"] > 0.95, metrics["val_finding_auc"]
     assert metrics["val_finding_auc_macro"] is not None
+    # the thresholds chosen on the val studies travel with the saved model, and do not read worse
+    assert set(metrics["finding_thresholds"]) == set(OBSERVATIONS)
+    head_f1 = metrics["val_head_abnormal_f1"]
+    assert head_f1["calibrated"] >= head_f1["at_0.5"] and head_f1["calibrated"] > 0.5, head_f1
+    saved = load_model(tmp_path / "model.keras").decision_thresholds()
+    np.testing.assert_allclose(saved, [metrics["finding_thresholds"][o] for o in OBSERVATIONS], atol=0.005)
 
 
 def run_stage_script(project_root: Path, *args: str) -> None:
@@ -304,3 +314,37 @@ def test_roc_auc_counts_ordered_pairs_and_ties_as_half():
     assert roc_auc(labels, scores) == pytest.approx(6.5 / 9)
     assert roc_auc(labels, -scores) == pytest.approx(2.5 / 9)
     assert roc_auc(np.zeros(4), np.arange(4)) is None
+
+
+def test_thresholds_are_calibrated_on_the_abnormal_findings_f1():
+    rng = np.random.default_rng(0)
+    n = 400
+    targets = np.zeros((n, len(OBSERVATIONS)), bool)
+    weak, strong = OBSERVATIONS.index("Lung Lesion"), OBSERVATIONS.index("Cardiomegaly")
+    targets[:, weak] = rng.random(n) < 0.2
+    targets[:, strong] = rng.random(n) < 0.3
+    targets[:, OBSERVATIONS.index("No Finding")] = ~targets.any(axis=1)
+    probabilities = np.full(targets.shape, 0.02)
+    # a head that ranks lesions well but never dares 0.5; cardiomegaly it reads at 0.5 already
+    probabilities[:, weak] = np.where(targets[:, weak], 0.3, 0.1) + rng.normal(0, 0.02, n)
+    probabilities[:, strong] = np.where(targets[:, strong], 0.8, 0.2)
+    probabilities[:, OBSERVATIONS.index("No Finding")] = 0.9   # not an abnormal finding: stays at 0.5
+    thresholds = calibrate_thresholds(probabilities, targets)
+    assert 0.1 < thresholds[weak] < 0.3
+    assert thresholds[OBSERVATIONS.index("No Finding")] == 0.5
+    assert thresholds[OBSERVATIONS.index("Edema")] == 0.5          # no positives: nothing to choose by
+    assert abnormal_micro_f1(probabilities > 0.5, targets) < 0.8
+    assert abnormal_micro_f1(probabilities > thresholds, targets) == 1.0
+    np.testing.assert_array_equal(thresholds, calibrate_thresholds(probabilities, targets))
+
+
+def test_abnormal_micro_f1_leaves_no_finding_out():
+    targets = np.zeros((2, len(OBSERVATIONS)), bool)
+    targets[:, 0] = True                                   # No Finding, both studies
+    targets[0, OBSERVATIONS.index("Edema")] = True
+    predicted = targets.copy()
+    predicted[:, 0] = False                                 # wrong only on No Finding
+    assert abnormal_micro_f1(predicted, targets) == 1.0
+    predicted[1, OBSERVATIONS.index("Fracture")] = True     # one false positive
+    assert abnormal_micro_f1(predicted, targets) == pytest.approx(2 / 3)
+    assert abnormal_micro_f1(np.zeros_like(targets), np.zeros_like(targets)) == 0.0

@@ -13,7 +13,7 @@ on BLEU and on the 14-observation F1 ("No Finding" is most studies' label).
 from __future__ import annotations
 
 from cxrgen.errors import BadInput
-from cxrgen.evaluation.systems import FLOORS, ORACLE, decoding_label
+from cxrgen.evaluation.systems import DECODINGS, FLOORS, ORACLE, decoding_label
 
 COLUMNS = (("BLEU-1", "bleu_1"), ("BLEU-2", "bleu_2"), ("BLEU-3", "bleu_3"), ("BLEU-4", "bleu_4"),
            ("METEOR", "meteor"), ("ROUGE-L", "rouge_l"), ("CIDEr", "cider"),
@@ -98,7 +98,7 @@ def comparison_markdown(models: dict[str, dict], floors: dict) -> str:
                  + " | ".join(_cell(floors[ORACLE], key, n) for _, key in COLUMNS) + " |")
     for name, record in models.items():
         train = f"train seed {record.get('train_seed')}"
-        for decoding in [d for d in ("greedy", "beam", "rerank") if d in record]:
+        for decoding in [d for d in DECODINGS if d in record]:
             lines.append(f"| {name} ({decoding_label(record['decode'], decoding)}; {train}) | "
                          + " | ".join(_cell(record[decoding], key, n) for _, key in COLUMNS) + " |")
     names = dict((key, name) for name, key in COLUMNS)

@@ -23,7 +23,7 @@ import pyarrow as pa
 from cxrgen.data import labeler
 from cxrgen.errors import BadInput
 from cxrgen.evaluation import floors, scores
-from cxrgen.evaluation.systems import FLOOR_STAGE_SYSTEMS, FLOORS, ORACLE
+from cxrgen.evaluation.systems import DECODINGS, FLOOR_STAGE_SYSTEMS, FLOORS, ORACLE, RERANK_AT_HALF
 from cxrgen.files import read_json, write_json_atomic
 from cxrgen.params import with_defaults
 from cxrgen.tables import read_parquet, write_parquet
@@ -123,6 +123,24 @@ def summary(scored: Scored, settings: dict) -> dict:
     result["distinct_fraction"] = round(result["distinct_reports"] / len(scored.texts), 6) if scored.texts else None
     result["clinical"] = clinical
     return {key: (round(value, 6) if isinstance(value, float) else value) for key, value in result.items()}
+
+
+def head_alone_scores(probabilities: np.ndarray, thresholds: np.ndarray, reference_labels: np.ndarray,
+                      settings: dict) -> dict:
+    """The finding head's own labels (probability above its calibrated threshold, and above 0.5)
+    scored against the references like a report's: what a decoder that states exactly what the head
+    reads would reach. Not a report; it tells reading the image apart from writing the report."""
+    result = {}
+    for name, cut in (("calibrated", thresholds), ("at_0.5", 0.5)):
+        clinical = scores.clinical_metrics(np.asarray(probabilities) > cut, reference_labels, labeler.OBSERVATIONS,
+                                           uncertain_as_positive=settings["uncertain_as_positive"])
+        interval = scores.bootstrap(None, clinical, settings["n_resamples"], settings["seed"]).get("abnormal_f1")
+        ready = scores.json_ready(clinical)
+        result[name] = {"abnormal_f1": ready["abnormal_f1"], "micro_f1": ready["micro_f1"],
+                        "abnormal_f1_low": None if interval is None else round(interval["low"], 6),
+                        "abnormal_f1_high": None if interval is None else round(interval["high"], 6)}
+    result["thresholds"] = {name: round(float(t), 2) for name, t in zip(labeler.OBSERVATIONS, thresholds)}
+    return result
 
 
 def mean_tokens(texts: list[str]) -> float | None:
@@ -298,8 +316,8 @@ def run_evaluate(model_name: str, params: dict, model_path: str | Path, prepared
     from cxrgen.modeling.decode import (
         DecodeSettings,
         beam_search,
-        choose_by_findings,
         greedy,
+        rerank_candidates,
     )
     from cxrgen.modeling.models import load_model
     from cxrgen.modeling.train import load_features
@@ -323,10 +341,15 @@ def run_evaluate(model_name: str, params: dict, model_path: str | Path, prepared
     texts = {name: d.texts(vocab) for name, d in decoded.items()}
     # The headline reports the last decoding: the beam's, or the one chosen by the findings among the
     # beam's and sampled reports (decode.rerank_samples > 0).
-    decodings = ("greedy", "beam", "rerank") if decode.rerank_samples else ("greedy", "beam")
+    decodings = DECODINGS if decode.rerank_samples else ("greedy", "beam")
     final = decodings[-1]
+    head_alone = None
     if decode.rerank_samples:
-        texts["rerank"] = choose_by_findings(model, features, texts["beam"], vocab, decode)
+        candidates = rerank_candidates(model, features, texts["beam"], vocab, decode)
+        texts[RERANK_AT_HALF] = candidates.choose(None)
+        texts["rerank"] = candidates.choose(model.decision_thresholds())
+        head_alone = head_alone_scores(candidates.probabilities, model.decision_thresholds(),
+                                       labeler.label_matrix(references), settings)
     texts.update(load_floors(floors_path, report_ids))
     reference_labels = labeler.label_matrix(references)
     with scores.MeteorScorer() as meteor:
@@ -348,6 +371,8 @@ def run_evaluate(model_name: str, params: dict, model_path: str | Path, prepared
         "bootstrap": {"n_resamples": settings["n_resamples"], "seed": settings["seed"]},
         **{decoding: summary(systems[decoding], settings) for decoding in decodings},
     }
+    if head_alone is not None:
+        metrics["finding_head_alone"] = head_alone
     for decoding in decodings:
         for floor in FLOORS:
             metrics[f"{decoding}_vs_{floor}"] = versus(systems[decoding], systems[floor], settings)

@@ -6,15 +6,22 @@ from __future__ import annotations
 FLOORS = ("constant", "retrieval")          # what a model must beat
 ORACLE = "label_oracle"                     # a ceiling beside them (see floors.py)
 FLOOR_STAGE_SYSTEMS = (*FLOORS, ORACLE)     # what the floors stage scores
+# A model's decodings, in the order they were added (the last is the one the headline reports):
+# greedy, beam search, and the report chosen by the findings among the beam's and sampled ones,
+# with the head read at 0.5 (the ablation) and at its calibrated thresholds.
+RERANK_AT_HALF = "rerank_at_half"
+DECODINGS = ("greedy", "beam", RERANK_AT_HALF, "rerank")
 
 
 def decoding_label(decode: dict, decoding: str) -> str:
-    """"greedy", "beam 3", or "beam 3 + 50 samples, chosen by the findings" (`decode`: the details' record)."""
+    """"greedy", "beam 3", or "beam 3 + 50 samples, chosen by the findings [read at 0.5]" (`decode`: the details' record)."""
     if decoding == "greedy":
         return "greedy"
     label = f"beam {decode['beam_width']}"
     if decoding == "rerank":
         label += f" + {decode.get('rerank_samples', 0)} samples, chosen by the findings"
+    elif decoding == RERANK_AT_HALF:
+        label += f" + {decode.get('rerank_samples', 0)} samples, chosen by the findings read at 0.5"
     return label
 
 

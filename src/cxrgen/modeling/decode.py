@@ -28,6 +28,9 @@ writes the normal template whatever the finding head reads. `choose_by_findings`
 study, the beam's report and N reports sampled from the decoder (temperature `rerank_temperature`,
 seeded by `rerank_seed` and the study's position), reads each with the labeler, and keeps the one whose 14 labels the finding
 head finds most likely: sum over observations of log p if the report states it, else log (1 - p).
+Training calibrates, per finding, the probability at which the head's reading counts as present
+(val studies, abnormal-finding F1); the choice weighs each stated finding by how far the head's
+probability lies above or below that threshold (`findings_agreement`).
 """
 
 from __future__ import annotations
@@ -375,17 +378,38 @@ def sample(model: ReportGenerator, features, n: int, temperature: float, max_len
     return out
 
 
-def findings_agreement(texts: list[str], probabilities: np.ndarray) -> np.ndarray:
-    """(len(texts),) log-likelihood under one study's head `probabilities` (14,) of each report's labels."""
+def findings_agreement(texts: list[str], probabilities: np.ndarray, thresholds: np.ndarray | None = None) -> np.ndarray:
+    """(len(texts),) how well each report's labels agree with one study's head `probabilities` (14,).
+
+    Sum over the observations the report states of logit(p) - logit(threshold). With every threshold
+    at 0.5 this is the log-likelihood of the report's labels under the head, up to a constant that
+    is the same for every report of the study; with calibrated thresholds (the model's
+    `decision_thresholds`) a finding counts for a report once the head's probability passes the
+    threshold the val studies set for it, not 0.5.
+    """
     stated = labeler.positive_matrix(labeler.label_matrix(texts))
     p = np.clip(np.asarray(probabilities, np.float64), AGREEMENT_EPS, 1 - AGREEMENT_EPS)
-    return (stated * np.log(p) + ~stated * np.log1p(-p)).sum(axis=1)
+    t = np.full(p.shape, 0.5) if thresholds is None else np.clip(np.asarray(thresholds, np.float64),
+                                                                 AGREEMENT_EPS, 1 - AGREEMENT_EPS)
+    evidence = (np.log(p) - np.log1p(-p)) - (np.log(t) - np.log1p(-t))
+    return stated.astype(np.float64) @ evidence
 
 
-def choose_by_findings(model: ReportGenerator, features, beam_texts: list[str], vocab: Vocab,
-                       settings: DecodeSettings, batch_size: int = 32) -> list[str]:
-    """Per study, of its beam report and `settings.rerank_samples` sampled ones, the report whose
-    labels the finding head finds most likely (ties: the beam's, then the first sampled)."""
+@dataclass(frozen=True)
+class Candidates:
+    """Per study, the reports to choose among (the beam's first) and the head's probabilities (N, 14)."""
+    texts: list[list[str]]
+    probabilities: np.ndarray
+
+    def choose(self, thresholds: np.ndarray | None = None) -> list[str]:
+        """Per study, the candidate with the highest findings_agreement (ties: the beam's, then the first sampled)."""
+        return [texts[int(np.argmax(findings_agreement(texts, self.probabilities[study], thresholds)))]
+                for study, texts in enumerate(self.texts)]
+
+
+def rerank_candidates(model: ReportGenerator, features, beam_texts: list[str], vocab: Vocab,
+                      settings: DecodeSettings, batch_size: int = 32) -> Candidates:
+    """Each study's beam report and `settings.rerank_samples` sampled ones, with the head's probabilities."""
     features = _check_features(model, features)
     if getattr(model, "finding_classifier", None) is None:
         raise BadInput("params.yaml", f"decode.rerank_samples needs a finding head, and this {model.name} model "
@@ -395,8 +419,13 @@ def choose_by_findings(model: ReportGenerator, features, beam_texts: list[str], 
     probabilities = np.asarray(model.finding_probabilities(tf.convert_to_tensor(features)))
     sampled = sample(model, features, settings.rerank_samples, settings.rerank_temperature, settings.max_len,
                      settings.rerank_seed, batch_size)
-    chosen = []
-    for study, rows in enumerate(sampled):
-        candidates = [beam_texts[study]] + [vocab.decode(row) for row in rows]
-        chosen.append(candidates[int(np.argmax(findings_agreement(candidates, probabilities[study])))])
-    return chosen
+    return Candidates([[beam_texts[study]] + [vocab.decode(row) for row in rows] for study, rows in enumerate(sampled)],
+                      probabilities)
+
+
+def choose_by_findings(model: ReportGenerator, features, beam_texts: list[str], vocab: Vocab,
+                       settings: DecodeSettings, batch_size: int = 32) -> list[str]:
+    """Per study, of its beam report and `settings.rerank_samples` sampled ones, the report that
+    agrees best with the finding head read at the model's calibrated thresholds."""
+    candidates = rerank_candidates(model, features, beam_texts, vocab, settings, batch_size)
+    return candidates.choose(model.decision_thresholds())

@@ -121,6 +121,23 @@ class ReportGenerator(keras.Model):
     def _build_finding_head(self):
         if self.finding_classifier is not None:
             self.finding_classifier.build((None, VIEWS * self.feature_dim // self.classifier_outputs_per_finding))
+            # Per finding, the probability above which the head's reading counts as "present":
+            # 0.5 until training calibrates it on the val studies (cxrgen.modeling.train), saved
+            # with the model so that every decoder of it reads the findings the same way.
+            self.finding_thresholds = self.add_weight(shape=(self.findings,), initializer=keras.initializers.Constant(0.5),
+                                                      trainable=False, name="finding_thresholds")
+
+    def set_finding_thresholds(self, thresholds) -> None:
+        thresholds = np.asarray(thresholds, np.float32)
+        if thresholds.shape != (self.findings,) or not np.all((thresholds > 0) & (thresholds < 1)):
+            raise ValueError(f"finding thresholds must be {self.findings} values in (0, 1), not {thresholds!r}")
+        self.finding_thresholds.assign(thresholds)
+
+    def decision_thresholds(self) -> np.ndarray | None:
+        """(findings,) the calibrated probability thresholds of the finding head, or None without a head."""
+        if self.finding_classifier is None:
+            return None
+        return keras.ops.convert_to_numpy(self.finding_thresholds).astype(np.float64)
 
     def finding_probabilities(self, features):
         """(N, findings) probabilities of the finding head for raw features, or None without a head."""

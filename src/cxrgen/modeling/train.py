@@ -37,7 +37,7 @@ from cxrgen.modeling.models import (
     build_model,
     save_model,
 )
-from cxrgen.observations import OBSERVATIONS
+from cxrgen.observations import NO_FINDING, OBSERVATIONS
 from cxrgen.params import with_defaults
 from cxrgen.tables import read_parquet
 
@@ -55,6 +55,8 @@ TRAIN_DEFAULTS = {
 STRATEGIES = ("none", "mirrored")
 BLANK_PREFIX = "blank_images/"
 FOLDS_KEY = 7  # seeds the cross-fitting folds apart from the shuffle
+THRESHOLD_GRID = tuple(round(0.05 * k, 2) for k in range(1, 20))   # 0.05 ... 0.95
+CALIBRATION_MIN_POSITIVES = 5   # fewer val positives: the threshold stays at 0.5 (too few to choose by)
 
 
 def train_settings(params: dict) -> dict:
@@ -343,14 +345,52 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     return float((ranks[labels].sum() - positives * (positives + 1) / 2.0) / (positives * negatives))
 
 
+def head_probabilities(model: ReportGenerator, features: np.ndarray, batch_size: int) -> np.ndarray:
+    """(N, findings) the finding head's probabilities, a batch at a time."""
+    return np.concatenate([
+        keras.ops.convert_to_numpy(model.finding_probabilities(tf.cast(features[start:start + batch_size], tf.float32)))
+        for start in range(0, len(features), batch_size)])
+
+
+def abnormal_micro_f1(predicted: np.ndarray, targets: np.ndarray) -> float:
+    """Micro-F1 over the observations other than No Finding (the evaluation's headline; 0 when nothing is positive)."""
+    keep = [i for i, name in enumerate(OBSERVATIONS) if name != NO_FINDING]
+    predicted, targets = np.asarray(predicted, bool)[:, keep], np.asarray(targets, bool)[:, keep]
+    tp = int((predicted & targets).sum())
+    wrong = int((predicted ^ targets).sum())
+    return 2 * tp / (2 * tp + wrong) if tp + wrong else 0.0
+
+
+def calibrate_thresholds(probabilities: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """(14,) per observation, the probability above which the head's reading counts as present.
+
+    Chosen on the val studies for the abnormal-finding micro-F1: coordinate ascent over the
+    abnormal observations with at least CALIBRATION_MIN_POSITIVES val positives (two rounds, each
+    threshold from THRESHOLD_GRID, ties to the one nearest 0.5); the others, and No Finding, stay
+    at 0.5. A head that reads a finding weakly (a small nodule in random DenseNet features) gives
+    it probabilities well below 0.5 even where it is present: read at 0.5 it is never reported.
+    """
+    probabilities, targets = np.asarray(probabilities, np.float64), np.asarray(targets, bool)
+    thresholds = np.full(probabilities.shape[1], 0.5)
+    tunable = [i for i, name in enumerate(OBSERVATIONS)
+               if name != NO_FINDING and targets[:, i].sum() >= CALIBRATION_MIN_POSITIVES]
+    by_nearness = sorted(THRESHOLD_GRID, key=lambda t: (abs(t - 0.5), t))
+    for _ in range(2):
+        for i in tunable:
+            def f1_with(t, i=i):
+                trial = thresholds.copy()
+                trial[i] = t
+                return abnormal_micro_f1(probabilities > trial, targets)
+            thresholds[i] = max(by_nearness, key=f1_with)   # max keeps the first of equals
+    return thresholds
+
+
 def finding_head_auc(model: ReportGenerator, features: np.ndarray, findings: np.ndarray,
                      batch_size: int) -> dict | None:
     """Val AUC of the finding head per observation (those with both classes in the split), and macro."""
     if model.finding_classifier is None:
         return None
-    probabilities = np.concatenate([
-        keras.ops.convert_to_numpy(model.finding_probabilities(tf.cast(features[start:start + batch_size], tf.float32)))
-        for start in range(0, len(features), batch_size)])
+    probabilities = head_probabilities(model, features, batch_size)
     per_observation = {}
     for index, observation in enumerate(OBSERVATIONS):
         auc = roc_auc(findings[:, index], probabilities[:, index])
@@ -404,6 +444,15 @@ def train(model_name: str, params: dict, features_dir: str | Path, prepared_dir:
         if head is not None:   # the finding head's own check that it reads the images
             metrics["val_finding_auc_macro"] = head["macro"]
             metrics["val_finding_auc"] = head["per_observation"]
+            probabilities = head_probabilities(real.model, data.features["val"], batch)
+            thresholds = calibrate_thresholds(probabilities, data.findings["val"])
+            real.model.set_finding_thresholds(thresholds)
+            metrics["finding_thresholds"] = {name: round(float(t), 2) for name, t in zip(OBSERVATIONS, thresholds)}
+            # The head's own labels scored like a report's: what a decoder that states exactly what
+            # the head reads would reach (on the val studies the thresholds were chosen on).
+            metrics["val_head_abnormal_f1"] = {
+                "at_0.5": round(abnormal_micro_f1(probabilities > 0.5, data.findings["val"]), 4),
+                "calibrated": round(abnormal_micro_f1(probabilities > thresholds, data.findings["val"]), 4)}
         save_model(real.model, model_path)
         if settings["image_control"]:
             if verbose:   # Keras starts again at "Epoch 1/N": say which model that is

@@ -86,6 +86,10 @@ def test_errors_are_one_line_from_the_installed_command(app_project, tmp_path):
     assert code == 1 and len(err) == 1 and "attention.keras: model file not found" in err[0]
     code, err = run("generate", "--folder", str(tmp_path))
     assert code == 2 and "--folder needs --out" in err[-1]
+    code, err = run("generate", str(tmp_path / "f.png"), "--samples", "-1")
+    assert code == 2 and "--samples must be 0 or more" in err[-1]
+    code, err = run("generate", str(tmp_path / "f.png"), "--greedy", "--samples", "5")
+    assert code == 2 and "--samples goes with beam search" in err[-1]
 
 
 def test_the_app_command_serves_on_localhost(tmp_path):

@@ -179,6 +179,61 @@ def test_attention_model_report_with_maps_and_provenance(app_project, views):
     assert greedy.decoding == "greedy" and greedy.single_view and generate.SINGLE_VIEW_NOTE in greedy.notes
 
 
+def _headed_copy(app_project: Path, target: Path, samples: int) -> Path:
+    """The app project with an attention model that has a finding head (the trained decoder's weights,
+    a head sure of cardiomegaly and of nothing else) and params asking for `samples` sampled reports."""
+    from cxrgen.modeling.models import build_model, load_model, save_model
+    from cxrgen.observations import OBSERVATIONS
+
+    project = copy_project(app_project, target)
+    trained = load_model(project / "models/attention.keras")
+    config = trained.get_config()
+    sizes = {key: config[key] for key in ("embedding_dim", "units", "projection_dim", "attention_dim", "dropout")}
+    headed = build_model("attention", trained.vocab_size, trained.feature_shape(), {**sizes, "finding_weight": 1.0})
+    by_path = {w.path: w for w in trained.weights}
+    for weight in headed.weights:
+        if weight.path in by_path and tuple(by_path[weight.path].shape) == tuple(weight.shape):
+            weight.assign(by_path[weight.path])
+        elif "finding_classifier" in weight.path and "bias" in weight.path:
+            wanted = np.arange(weight.shape[0]) % len(OBSERVATIONS) == OBSERVATIONS.index("Cardiomegaly")
+            weight.assign(np.where(wanted, 8.0, -8.0))
+    save_model(headed, project / "models/attention.keras")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["decode"]["rerank_samples"] = samples
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return project
+
+
+def test_the_report_is_chosen_by_the_findings_as_the_evaluation_chooses_it(app_project, views, tmp_path):
+    from cxrgen.modeling.decode import DecodeSettings, beam_search, rerank_candidates
+
+    assistant = generate.Assistant(_headed_copy(app_project, tmp_path / "headed", samples=8), "attention")
+    report = assistant.generate(*views)
+    assert report.decoding == "beam search, width 3 + 8 samples, chosen by the findings"
+    assert report.attention.shape == (len(report.words), 2, 7, 7)
+    np.testing.assert_allclose(report.attention.sum(axis=(1, 2, 3)), 1.0, atol=1e-4)
+    # the same choice as the evaluation's (cxrgen.modeling.decode), made here by hand
+    images, _ = generate.study_images(*views, assistant.image_size)
+    features = assistant.features(images)
+    settings = DecodeSettings(3, 0.0, 3, 30, rerank_samples=8)
+    beam = beam_search(assistant.model, features, settings).texts(assistant.vocab)
+    candidates = rerank_candidates(assistant.model, features, beam, assistant.vocab, settings)
+    assert report.text == candidates.choose(assistant.model.decision_thresholds())[0]
+    plain = assistant.generate(*views, samples=0)
+    assert plain.decoding == "beam search, width 3" and plain.text == beam[0]
+    with pytest.raises(BadInput, match="samples"):
+        assistant.generate(*views, samples=-1)
+
+
+def test_attention_of_a_chosen_report_is_where_the_model_looked_for_each_word(app_project, views):
+    """Teacher-forcing the beam's own words gives back the attention beam search recorded."""
+    assistant = generate.get_assistant(app_project, "attention")
+    report = assistant.generate(*views, beam=2)
+    images, _ = generate.study_images(*views, assistant.image_size)
+    again = assistant._attention_for(assistant.features(images)[0], report.words)
+    np.testing.assert_allclose(again, report.attention, atol=1e-5)
+
+
 def test_baseline_has_no_maps_and_shares_the_network(app_project, views):
     baseline = generate.get_assistant(app_project, "baseline")
     report = baseline.generate(*views, greedy=True)

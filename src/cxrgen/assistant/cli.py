@@ -1,7 +1,7 @@
 """The `cxrgen` command: draft reports from image files, or start the report assistant app.
 
-    cxrgen generate FRONTAL [LATERAL] [--model attention|baseline] [--beam N | --greedy] [--project DIR]
-    cxrgen generate --folder DIR --out reports.csv [--model ...] [--beam N | --greedy] [--project DIR]
+    cxrgen generate FRONTAL [LATERAL] [--model attention|baseline] [--beam N | --greedy] [--samples N] [--project DIR]
+    cxrgen generate --folder DIR --out reports.csv [--model ...] [--beam N | --greedy] [--samples N] [--project DIR]
     cxrgen app [--port 8501] [--project DIR]
 
 `--project` is a project directory after `dvc repro` (default: the current directory, or
@@ -37,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     decoding = gen.add_mutually_exclusive_group()
     decoding.add_argument("--beam", type=int, metavar="N", help="beam search of width N (default: params decode)")
     decoding.add_argument("--greedy", action="store_true", help="greedy decoding (beam width 1)")
+    gen.add_argument("--samples", type=int, metavar="N",
+                     help="reports sampled beside the beam's; the one the finding head agrees with most is "
+                          "given (default: params decode.rerank_samples; 0: the beam's report)")
     gen.add_argument("--project", default=None, help="project directory (default: . or $CXRGEN_PROJECT)")
     app = commands.add_parser("app", help="start the report assistant (Streamlit) on 127.0.0.1")
     app.add_argument("--port", type=int, default=8501)
@@ -79,6 +82,10 @@ def _check_args(args, parser: argparse.ArgumentParser) -> None:
     """Everything checkable before TensorFlow loads (seconds)."""
     if args.beam is not None and args.beam < 1:
         parser.error("--beam must be at least 1")
+    if args.samples is not None and args.samples < 0:
+        parser.error("--samples must be 0 or more")
+    if args.samples and args.greedy:
+        parser.error("--samples goes with beam search, not --greedy")
     if args.folder:
         if args.frontal or args.lateral:
             parser.error("give either image files or --folder, not both")
@@ -111,8 +118,8 @@ def run_generate(args, parser: argparse.ArgumentParser) -> int:
 
     assistant = get_assistant(_project(args), args.model)
     if args.folder:
-        return run_folder(assistant, Path(args.folder), Path(args.out), args.beam, args.greedy)
-    report = assistant.generate(args.frontal, args.lateral, beam=args.beam, greedy=args.greedy)
+        return run_folder(assistant, Path(args.folder), Path(args.out), args.beam, args.greedy, args.samples)
+    report = assistant.generate(args.frontal, args.lateral, beam=args.beam, greedy=args.greedy, samples=args.samples)
     print(format_report(report))
     return 0
 
@@ -138,7 +145,7 @@ def format_report(report) -> str:
     return "\n".join(lines)
 
 
-def run_folder(assistant, folder: Path, out: Path, beam: int | None, greedy: bool) -> int:
+def run_folder(assistant, folder: Path, out: Path, beam: int | None, greedy: bool, samples: int | None = None) -> int:
     from tqdm import tqdm
 
     from cxrgen.assistant.generate import group_studies
@@ -153,7 +160,8 @@ def run_folder(assistant, folder: Path, out: Path, beam: int | None, greedy: boo
                "data_source": provenance.data_source, "weights": provenance.weights,
                "split": provenance.split, "train_seed": provenance.train_seed}
         try:
-            report = assistant.generate(views[0], views[1] if len(views) > 1 else None, beam=beam, greedy=greedy)
+            report = assistant.generate(views[0], views[1] if len(views) > 1 else None, beam=beam, greedy=greedy,
+                                        samples=samples)
         except BadInput as exc:
             failed += 1
             row["error"] = str(exc)

@@ -430,26 +430,50 @@ class Assistant:
         arrays = {"spatial": spatial.reshape(n, 2, *spatial.shape[1:]), "pooled": pooled.reshape(n, 2, -1)}
         return arrays[self.model.feature_key].astype(np.float32)   # float16 as the stage stores, then float32
 
-    def generate(self, frontal, lateral=None, beam: int | None = None, greedy: bool = False) -> GeneratedReport:
-        """frontal / lateral: a path, bytes, or ViewInput (lateral optional). beam: width (default params)."""
+    @property
+    def default_samples(self) -> int:
+        """Reports sampled beside the beam's to choose by the findings (params decode.rerank_samples;
+        0 for a model without a finding head)."""
+        if getattr(self.model, "finding_classifier", None) is None:
+            return 0
+        return int(self.decode_params.get("rerank_samples", 0))
+
+    def generate(self, frontal, lateral=None, beam: int | None = None, greedy: bool = False,
+                 samples: int | None = None) -> GeneratedReport:
+        """frontal / lateral: a path, bytes, or ViewInput (lateral optional). beam: width (default
+        params); samples: reports sampled beside the beam's, chosen by the findings (default params)."""
         images, single = study_images(frontal, lateral, self.image_size)
         names = [v.name for v in (as_view(frontal), as_view(lateral)) if v is not None]
-        return self.generate_arrays(images, names, single, beam=beam, greedy=greedy)[0]
+        return self.generate_arrays(images, names, single, beam=beam, greedy=greedy, samples=samples)[0]
 
     def generate_arrays(self, images: np.ndarray, names: list[str], single_view: bool,
-                        beam: int | None = None, greedy: bool = False) -> list[GeneratedReport]:
+                        beam: int | None = None, greedy: bool = False,
+                        samples: int | None = None) -> list[GeneratedReport]:
         from cxrgen.data.vocab import END_ID, SPECIAL_TOKENS
-        from cxrgen.modeling.decode import DecodeSettings, beam_search
+        from cxrgen.modeling.decode import DecodeSettings, beam_search, rerank_candidates
 
         width = 1 if greedy else (self.default_beam if beam is None else beam)
         if not isinstance(width, int) or isinstance(width, bool) or width < 1:
             raise BadInput("--beam", f"the beam width must be a positive integer, not {width!r}")
+        samples = 0 if greedy else (self.default_samples if samples is None else samples)
+        if not isinstance(samples, int) or isinstance(samples, bool) or samples < 0:
+            raise BadInput("--samples", f"the number of samples must be a whole number >= 0, not {samples!r}")
+        if samples and getattr(self.model, "finding_classifier", None) is None:
+            raise BadInput("--samples", f"this {self.model_name} model has no finding head to choose by")
         settings = DecodeSettings(width, float(self.decode_params.get("length_penalty", 0.0)),
                                   int(self.decode_params.get("no_repeat_ngram", 0)),
-                                  int(self.decode_params.get("max_len", 60)))
+                                  int(self.decode_params.get("max_len", 60)), rerank_samples=samples,
+                                  rerank_temperature=float(self.decode_params.get("rerank_temperature", 1.0)),
+                                  rerank_seed=int(self.decode_params.get("rerank_seed", 0)))
         decoding = "greedy" if width == 1 else f"beam search, width {width}"
+        features = self.features(images)
         with _LOCK:
-            decoded = beam_search(self.model, self.features(images), settings)
+            decoded = beam_search(self.model, features, settings)
+            chosen = None
+            if samples:
+                decoding += f" + {samples} samples, chosen by the findings"
+                candidates = rerank_candidates(self.model, features, decoded.texts(self.vocab), self.vocab, settings)
+                chosen = candidates.choose(self.model.decision_thresholds())
         reports = []
         for row in range(len(images)):
             words, maps = [], []
@@ -464,18 +488,33 @@ class Assistant:
             attention = None
             if decoded.attention is not None:
                 attention = (np.stack(maps) if maps else np.zeros((0, 2, *self.grid))).astype(np.float32)
+            finished = bool(decoded.finished[row])
+            if chosen is not None and chosen[row] != " ".join(words):
+                # A sampled report was chosen: its words, and where the model looked for each of
+                # them (the attention of the teacher-forced pass over those words).
+                words, finished = chosen[row].split(), True
+                if decoded.attention is not None:
+                    attention = self._attention_for(features[row], words)
             report = GeneratedReport(
                 text=" ".join(words), words=words, model=self.model_name, decoding=decoding,
                 beam_width=width, attention=attention, views=np.asarray(images[row]),
                 single_view=single_view, inputs=list(names), provenance=self.provenance)
             if single_view:
                 report.notes.append(SINGLE_VIEW_NOTE)
-            if not decoded.finished[row]:
+            if not finished:
                 report.notes.append(f"The report reached the length limit ({settings.max_len} tokens) "
                                     "without an end.")
             label_report(report)
             reports.append(report)
         return reports
+
+    def _attention_for(self, features: np.ndarray, words: list[str]) -> np.ndarray:
+        """(len(words), 2, grid_h, grid_w) the attention that produced each of `words` (teacher forcing)."""
+        ids = self.vocab.encode(words, max_len=len(words) + 2)
+        tokens = np.asarray([ids[:-1]], np.int32)                     # <start> w1 ... wn
+        attention = self.model.teacher_forced_attention({"features": features[None], "tokens": tokens})
+        maps = np.asarray(attention)[0, :len(words)]                   # the weights before w1 ... wn
+        return maps.reshape(len(words), 2, *self.grid).astype(np.float32)
 
 
 def label_report(report: GeneratedReport) -> None:

@@ -307,6 +307,12 @@ def test_evaluation_shows_floors_beside_every_model(synthetic_repo: Path):
         assert attention["rerank_vs_" + floor]["micro_f1"]["verdict"] == "better", attention["rerank_vs_" + floor]
         assert f"attention BEATS the {floor} floor on abnormal-finding F1" in table, table
     assert final["distinct_reports"] >= 0.5 * oracle["distinct_reports"], (final, oracle)
+    # The parts, scored on the same run: the choice read at 0.5, and the head's own labels (what a
+    # decoder stating exactly what the head reads would reach); and the device the run used.
+    assert attention["rerank_at_half"]["abnormal_f1"] > attention["beam"]["abnormal_f1"], attention["rerank_at_half"]
+    head_alone = attention["finding_head_alone"]["calibrated"]
+    assert head_alone["abnormal_f1_low"] <= head_alone["abnormal_f1"] <= head_alone["abnormal_f1_high"]
+    assert attention["device"]["device"] == "CPU" and attention["device"]["tensorflow_build"] == "cpu"
     # What DVC shows: one flat headline per system, the same keys for models and floors.
     headline = _metrics(synthetic_repo, "attention")
     assert headline["f1_abnormal"] == round(final["abnormal_f1"], 4)

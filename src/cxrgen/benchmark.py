@@ -7,6 +7,7 @@ import os
 import platform
 from pathlib import Path
 
+from cxrgen.device import describe_device
 from cxrgen.errors import BadInput
 from cxrgen.files import write_json_atomic
 
@@ -25,6 +26,7 @@ def describe_machine() -> dict:
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
         "gpus": gpus,
+        "tensorflow_build": describe_device()["tensorflow_build"],
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
 

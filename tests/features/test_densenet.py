@@ -248,6 +248,7 @@ def test_outputs_shapes_dtypes_and_description(two_runs, prepared):
     assert description["counts"] == {"train": 4, "val": 1, "test": 0}
     assert description["image_size"] == STAGE_SIZE and description["grid"] == [2, 2]
     assert description["seed"] == 0 and description["data_source"] == "synthetic"
+    assert description["device"]["device"] in ("CPU", "GPU") and description["device"]["tensorflow"]
 
     with np.load(out / "features_train.npz", allow_pickle=False) as data:
         pooled = data["pooled"].astype(np.float32)

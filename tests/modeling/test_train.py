@@ -66,6 +66,7 @@ def check_run(metrics: dict, model_name: str, out: Path, dataset) -> None:
     features, prepared = dataset
     live = out / "dvclive"
     assert metrics["model"] == model_name
+    assert metrics["device"]["device"] in ("CPU", "GPU") and metrics["device"]["tensorflow_build"] in ("cpu", "cuda")
     val_curve = read_curve(live / "plots/metrics/val_loss.tsv")
     assert len(read_curve(live / "plots/metrics/loss.tsv")) == len(val_curve) == metrics["epochs_run"]
     blank_curve = read_curve(live / "plots/metrics/blank_images/val_loss.tsv")

@@ -21,6 +21,7 @@ import pandas as pd
 import pyarrow as pa
 
 from cxrgen.data import labeler
+from cxrgen.device import describe_device
 from cxrgen.errors import BadInput
 from cxrgen.evaluation import floors, scores
 from cxrgen.evaluation.systems import DECODINGS, FLOOR_STAGE_SYSTEMS, FLOORS, ORACLE, RERANK_AT_HALF
@@ -125,6 +126,10 @@ def summary(scored: Scored, settings: dict) -> dict:
     return {key: (round(value, 6) if isinstance(value, float) else value) for key, value in result.items()}
 
 
+def _round6(value):
+    return None if value is None else round(float(value), 6)
+
+
 def head_alone_scores(probabilities: np.ndarray, thresholds: np.ndarray, reference_labels: np.ndarray,
                       settings: dict) -> dict:
     """The finding head's own labels (probability above its calibrated threshold, and above 0.5)
@@ -136,7 +141,7 @@ def head_alone_scores(probabilities: np.ndarray, thresholds: np.ndarray, referen
                                            uncertain_as_positive=settings["uncertain_as_positive"])
         interval = scores.bootstrap(None, clinical, settings["n_resamples"], settings["seed"]).get("abnormal_f1")
         ready = scores.json_ready(clinical)
-        result[name] = {"abnormal_f1": ready["abnormal_f1"], "micro_f1": ready["micro_f1"],
+        result[name] = {"abnormal_f1": _round6(ready["abnormal_f1"]), "micro_f1": _round6(ready["micro_f1"]),
                         "abnormal_f1_low": None if interval is None else round(interval["low"], 6),
                         "abnormal_f1_high": None if interval is None else round(interval["high"], 6)}
     result["thresholds"] = {name: round(float(t), 2) for name, t in zip(labeler.OBSERVATIONS, thresholds)}
@@ -365,6 +370,7 @@ def run_evaluate(model_name: str, params: dict, model_path: str | Path, prepared
                    "rerank_samples": decode.rerank_samples, "rerank_temperature": decode.rerank_temperature,
                    "rerank_seed": decode.rerank_seed},
         "final": final,
+        "device": describe_device(),
         "test_studies": len(references),
         "reference_mean_tokens": mean_tokens(references),
         "labeler": labeler.LABELER_VERSION,

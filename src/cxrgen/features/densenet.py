@@ -39,6 +39,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
+from cxrgen.device import describe_device
 from cxrgen.errors import BadInput, CxrgenError
 from cxrgen.files import atomic_path, sha256_of, write_json_atomic
 from cxrgen.params import check_keys
@@ -403,6 +404,7 @@ def run_features(prepared_dir: str | Path, out_dir: str | Path, params: dict, sp
         "preprocessing": "gray repeated to RGB, /255, ImageNet mean/std per channel",
         "counts": {split: int(len(array)) for split, array in images.items()},
         "data_source": data_source,
+        "device": describe_device(),
     }
     write_json_atomic(out_dir / "features.json", description)
     return description

@@ -28,6 +28,7 @@ from cxrgen.bootstrap import resample_counts
 from cxrgen.data.labeler import label_matrix, positive_matrix
 from cxrgen.data.text import tokenize
 from cxrgen.data.vocab import PAD_ID, Vocab
+from cxrgen.device import describe_device
 from cxrgen.errors import BadInput
 from cxrgen.files import read_json, write_json_atomic
 from cxrgen.modeling.models import (
@@ -436,6 +437,7 @@ def train(model_name: str, params: dict, features_dir: str | Path, prepared_dir:
             "data_source": data.info.get("data_source"),
             "weights": data.info.get("weights"),
             "features_seed": data.info.get("seed"),
+            "device": describe_device(),
             "train_studies": int(len(data.tokens["train"])),
             "val_studies": int(len(data.tokens["val"])),
         }

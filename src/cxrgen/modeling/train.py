@@ -15,6 +15,7 @@ dropout off (exact token averages; Keras's per-epoch curves average per-batch va
 
 from __future__ import annotations
 
+import hashlib
 import weakref
 import zipfile
 from dataclasses import dataclass
@@ -211,6 +212,14 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     devices = [device.name for device in tf.config.list_logical_devices("CPU")]
     # NCCL all-reduce needs GPUs; on CPUs the replicas' gradients are summed on one device.
     return tf.distribute.MirroredStrategy(devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
+
+
+def weights_digest(model: keras.Model) -> str:
+    """sha256 of every weight's bytes, in order: the same digest means the same trained model."""
+    digest = hashlib.sha256()
+    for weight in model.weights:
+        digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).tobytes())
+    return digest.hexdigest()
 
 
 class LiveCurves(keras.callbacks.Callback):
@@ -433,6 +442,7 @@ def train(model_name: str, params: dict, features_dir: str | Path, prepared_dir:
             "train_loss": round(token_loss(real.model, data.features["train"], data.tokens["train"], batch), 6),
             "val_loss": round(float(image_sums.sum() / counts.sum()), 6),
             "replicas": int(strategy.num_replicas_in_sync),
+            "strategy": settings["strategy"],
             "train_seed": settings["seed"],
             "data_source": data.info.get("data_source"),
             "weights": data.info.get("weights"),
@@ -455,6 +465,7 @@ def train(model_name: str, params: dict, features_dir: str | Path, prepared_dir:
             metrics["val_head_abnormal_f1"] = {
                 "at_0.5": round(abnormal_micro_f1(probabilities > 0.5, data.findings["val"]), 4),
                 "calibrated": round(abnormal_micro_f1(probabilities > thresholds, data.findings["val"]), 4)}
+        metrics["weights_sha256"] = weights_digest(real.model)   # thresholds included
         save_model(real.model, model_path)
         if settings["image_control"]:
             if verbose:   # Keras starts again at "Epoch 1/N": say which model that is

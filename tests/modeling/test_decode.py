@@ -23,8 +23,11 @@ from cxrgen.modeling.decode import (  # noqa: E402
     DecodeSettings,
     beam_search,
     beam_search_reference,
+    Candidates,
     choose_by_findings,
+    consensus_scores,
     findings_agreement,
+    ngram_overlap,
     greedy,
     length_factors,
     ngram_bans,
@@ -309,6 +312,28 @@ def test_a_calibrated_threshold_decides_what_counts_as_seen():
     assert got[0] == pytest.approx(np.log(0.3 / 0.7) - np.log(0.2 / 0.8))
 
 
+def test_ngram_overlap_by_hand():
+    assert ngram_overlap("the lungs are clear", "the lungs are clear") == 1.0
+    assert ngram_overlap("the lungs are clear", "no effusion") == 0.0
+    # unigrams 2*2/(3+3), bigrams 2*1/(2+2), no trigram in common (2*0/(1+1)), no 4-grams at all (0)
+    assert ngram_overlap("heart is normal", "heart is enlarged") == pytest.approx((2 / 3 + 1 / 2) / 4)
+
+
+def test_among_equal_findings_the_consensus_wording_is_chosen():
+    p = np.full(len(OBSERVATIONS), 0.1)
+    p[OBSERVATIONS.index("Cardiomegaly")] = 0.9
+    texts = ["cardiomegaly is seen .",                       # the beam's: states the finding, odd wording
+             "the heart is enlarged . the lungs are clear .",
+             "the lungs are clear .",                         # leaves the finding out
+             "the heart is enlarged . the lungs are clear .",
+             "the heart is enlarged . lungs are clear ."]
+    candidates = Candidates([texts], p[None])
+    assert candidates.choose() == ["the heart is enlarged . the lungs are clear ."]
+    assert candidates.choose(consensus=False) == ["cardiomegaly is seen ."]   # first of equals: the beam's
+    scores = consensus_scores(["cardiomegaly is seen .", "the heart is enlarged . the lungs are clear ."], texts)
+    assert scores[1] > scores[0]
+
+
 @pytest.mark.parametrize("name", ["baseline", "attention"])
 def test_sampling_is_seeded_and_near_zero_temperature_is_greedy(trained, name):
     model, features = trained[name]
@@ -359,7 +384,9 @@ def test_choose_by_findings_keeps_the_candidate_the_head_finds_most_likely(train
     for study, text in enumerate(chosen):
         candidates = [beam[study]] + [data["vocab"].decode(row) for row in sampled[study]]
         agreement = findings_agreement(candidates, probabilities[study])
-        assert text == candidates[int(np.argmax(agreement))]
+        equals = list(dict.fromkeys(c for c, a in zip(candidates, agreement) if a >= agreement.max() - 1e-9))
+        assert text in equals   # of those that agree best, the consensus wording
+        assert text == equals[int(np.argmax(consensus_scores(equals, candidates)))]
         picked_a_sample += int(np.argmax(agreement)) > 0 and text != beam[study]
     assert picked_a_sample > 0, "the head never preferred a sampled report: the check would pass vacuously"
     assert sum("enlarged" in text for text in chosen) > sum("enlarged" in text for text in beam)

@@ -24,7 +24,7 @@ from cxrgen.data import labeler
 from cxrgen.device import describe_device
 from cxrgen.errors import BadInput
 from cxrgen.evaluation import floors, scores
-from cxrgen.evaluation.systems import DECODINGS, FLOOR_STAGE_SYSTEMS, FLOORS, ORACLE, RERANK_AT_HALF
+from cxrgen.evaluation.systems import DECODINGS, FLOOR_STAGE_SYSTEMS, FLOORS, ORACLE, RERANK_AT_HALF, RERANK_FIRST
 from cxrgen.files import read_json, write_json_atomic
 from cxrgen.params import with_defaults
 from cxrgen.tables import read_parquet, write_parquet
@@ -352,6 +352,7 @@ def run_evaluate(model_name: str, params: dict, model_path: str | Path, prepared
     if decode.rerank_samples:
         candidates = rerank_candidates(model, features, texts["beam"], vocab, decode)
         texts[RERANK_AT_HALF] = candidates.choose(None)
+        texts[RERANK_FIRST] = candidates.choose(model.decision_thresholds(), consensus=False)
         texts["rerank"] = candidates.choose(model.decision_thresholds())
         head_alone = head_alone_scores(candidates.probabilities, model.decision_thresholds(),
                                        labeler.label_matrix(references), settings)

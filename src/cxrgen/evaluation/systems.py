@@ -6,11 +6,12 @@ from __future__ import annotations
 FLOORS = ("constant", "retrieval")          # what a model must beat
 ORACLE = "label_oracle"                     # a ceiling beside them (see floors.py)
 FLOOR_STAGE_SYSTEMS = (*FLOORS, ORACLE)     # what the floors stage scores
-# A model's decodings, in the order they were added (the last is the one the headline reports):
-# greedy, beam search, and the report chosen by the findings among the beam's and sampled ones,
-# with the head read at 0.5 (the ablation) and at its calibrated thresholds.
+# A model's decodings, each adding one part (the last is the one the headline reports): greedy,
+# beam search, the report chosen by the findings among the beam's and sampled ones with the head
+# read at 0.5, at its calibrated thresholds (first of equals), and with the consensus among equals.
 RERANK_AT_HALF = "rerank_at_half"
-DECODINGS = ("greedy", "beam", RERANK_AT_HALF, "rerank")
+RERANK_FIRST = "rerank_first"
+DECODINGS = ("greedy", "beam", RERANK_AT_HALF, RERANK_FIRST, "rerank")
 
 
 def decoding_label(decode: dict, decoding: str) -> str:
@@ -22,6 +23,8 @@ def decoding_label(decode: dict, decoding: str) -> str:
         label += f" + {decode.get('rerank_samples', 0)} samples, chosen by the findings"
     elif decoding == RERANK_AT_HALF:
         label += f" + {decode.get('rerank_samples', 0)} samples, chosen by the findings read at 0.5"
+    elif decoding == RERANK_FIRST:
+        label += f" + {decode.get('rerank_samples', 0)} samples, chosen by the findings, first of equals"
     return label
 
 

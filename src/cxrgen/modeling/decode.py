@@ -36,6 +36,7 @@ probability lies above or below that threshold (`findings_agreement`).
 from __future__ import annotations
 
 import weakref
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,6 +52,7 @@ NEVER_GENERATED = (PAD_ID, START_ID)
 DECODE_DEFAULTS = {"beam_width": 3, "length_penalty": 0.0, "no_repeat_ngram": 0, "max_len": 60,
                    "rerank_samples": 0, "rerank_temperature": 1.0, "rerank_seed": 0}
 AGREEMENT_EPS = 1e-4   # keeps log p finite for a head that is certain
+AGREEMENT_TIE = 1e-9   # agreements this close are equal (the same labels, summed in another order)
 
 
 @dataclass(frozen=True)
@@ -401,10 +403,45 @@ class Candidates:
     texts: list[list[str]]
     probabilities: np.ndarray
 
-    def choose(self, thresholds: np.ndarray | None = None) -> list[str]:
-        """Per study, the candidate with the highest findings_agreement (ties: the beam's, then the first sampled)."""
-        return [texts[int(np.argmax(findings_agreement(texts, self.probabilities[study], thresholds)))]
-                for study, texts in enumerate(self.texts)]
+    def choose(self, thresholds: np.ndarray | None = None, consensus: bool = True) -> list[str]:
+        """Per study, a candidate with the highest findings_agreement. Among equals (many sampled
+        reports state the same findings in other words), the consensus one: the highest mean n-gram
+        overlap with all the study's candidates (minimum Bayes risk over the decoder's own samples;
+        it picks the wording the decoder keeps coming back to). consensus=False, or a tie there: the
+        beam's, then the first sampled."""
+        chosen = []
+        for study, texts in enumerate(self.texts):
+            agreement = findings_agreement(texts, self.probabilities[study], thresholds)
+            best = [i for i in range(len(texts)) if agreement[i] >= agreement.max() - AGREEMENT_TIE]
+            equals = list(dict.fromkeys(texts[i] for i in best))   # distinct wordings, first seen first
+            if consensus and len(equals) > 1:
+                overlap = consensus_scores(equals, texts)
+                chosen.append(equals[int(np.argmax(overlap))])
+            else:
+                chosen.append(equals[0])
+        return chosen
+
+
+def _ngram_counts(words: list[str], n: int) -> Counter:
+    return Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+
+
+def ngram_overlap(a: str, b: str, max_n: int = 4) -> float:
+    """Mean over n = 1..max_n of the n-gram overlap F-measure of two texts (1 = same words, in order)."""
+    words_a, words_b = a.split(), b.split()
+    total = 0.0
+    for n in range(1, max_n + 1):
+        counts_a, counts_b = _ngram_counts(words_a, n), _ngram_counts(words_b, n)
+        size = sum(counts_a.values()) + sum(counts_b.values())
+        total += 2 * sum((counts_a & counts_b).values()) / size if size else 0.0
+    return total / max_n
+
+
+def consensus_scores(texts: list[str], population: list[str]) -> np.ndarray:
+    """(len(texts),) each text's mean ngram_overlap with every text of `population` (duplicates count)."""
+    weights = Counter(population)
+    return np.array([sum(count * ngram_overlap(text, other) for other, count in weights.items()) / len(population)
+                     for text in texts])
 
 
 def rerank_candidates(model: ReportGenerator, features, beam_texts: list[str], vocab: Vocab,

@@ -28,11 +28,11 @@ pytestmark = pytest.mark.pipeline
 README = Path(__file__).resolve().parents[1] / "README.md"
 # The README's commands, run as written (the demo with CI's settings appended, as -S options).
 DEMO = "bin/setup && .venv/bin/dvc exp run -n demo -S 'download.sources=[synthetic]'"
-BEAM_EXPERIMENT = ".venv/bin/dvc exp run -n beam5 -S decode.beam_width=5"
-METRICS_DIFF = ".venv/bin/dvc metrics diff demo beam5"
+SAMPLES_EXPERIMENT = ".venv/bin/dvc exp run -n samples10 -S decode.rerank_samples=10"
+METRICS_DIFF = ".venv/bin/dvc metrics diff demo samples10"
 METRICS_SHOW = ".venv/bin/dvc metrics show"
 EXP_SHOW = (".venv/bin/dvc exp show --only-changed --hide-workspace --drop '.*' "
-            "--keep 'Experiment|.*beam_width|.*attention.json:(bleu_4|f1_abnormal|distinct)'")
+            "--keep 'Experiment|.*rerank_samples|.*attention.json:(bleu_4|f1_abnormal|distinct)'")
 TABLE_COMMANDS = (METRICS_DIFF, METRICS_SHOW, EXP_SHOW)
 MAX_TABLE_LINE = 200
 
@@ -332,14 +332,15 @@ def test_labeler_agreement_is_recorded(synthetic_repo: Path, shared_sample: Path
 
 
 def test_readme_experiment_commands_compare_two_experiments(synthetic_repo: Path):
-    """A beam width as an experiment beside the demo, then DVC's tables, all as the README shows them:
+    """Another number of sampled candidates as an experiment beside the demo, then DVC's tables, all as
+    the README shows them:
     nothing upstream of evaluation reruns, and every table fits a terminal."""
-    ran = _shell(BEAM_EXPERIMENT, cwd=synthetic_repo, timeout=1200).stdout
+    ran = _shell(SAMPLES_EXPERIMENT, cwd=synthetic_repo, timeout=1200).stdout
     for stage in ("download", "extract", "prepare", "features", "train@baseline", "train@attention",
                   "floors", "labeler"):
         assert f"Running stage '{stage}'" not in ran, ran
     assert "Running stage 'evaluate@attention'" in ran, ran
-    assert _metrics(synthetic_repo, "details/attention")["decode"]["beam_width"] == 5
+    assert _metrics(synthetic_repo, "details/attention")["decode"]["rerank_samples"] == 10
     outputs = {command: _shell(command, cwd=synthetic_repo, timeout=300).stdout for command in TABLE_COMMANDS}
     for command, out in outputs.items():
         (synthetic_repo / f"table_{TABLE_COMMANDS.index(command)}.txt").write_text(out)
@@ -350,7 +351,7 @@ def test_readme_experiment_commands_compare_two_experiments(synthetic_repo: Path
     assert "metrics/attention.json" in diff and "bleu_4" in diff, diff
     assert "train_" not in diff and "floor_" not in diff, diff   # training and floors did not change
     shown = outputs[EXP_SHOW]
-    assert "demo" in shown and "beam5" in shown and "beam_width" in shown, shown
+    assert "demo" in shown and "samples10" in shown and "rerank_samples" in shown, shown
 
 
 def test_app_serves_the_pipeline_models_to_a_real_browser(synthetic_repo: Path, project_root: Path):

@@ -85,6 +85,7 @@ def browser():
 
 
 def test_upload_two_views_and_read_the_report(server, browser, tmp_path):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
@@ -94,12 +95,14 @@ def test_upload_two_views_and_read_the_report(server, browser, tmp_path):
     frontal.write_bytes(xray_png("frontal", width=400, height=460))
     lateral.write_bytes(xray_png("lateral", width=400, height=460))
     browser.get(url)
-    wait = WebDriverWait(browser, 150)
+    # Streamlit redraws the page on every rerun (after an upload, when the report is ready): an
+    # element found a moment ago can be gone, so every wait finds its elements again.
+    wait = WebDriverWait(browser, 150, ignored_exceptions=[StaleElementReferenceException])
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "input[type='file']")) == 2)
     inputs = browser.find_elements(By.CSS_SELECTOR, "input[type='file']")
     inputs[0].send_keys(str(frontal))
     wait.until(lambda d: "frontal.png" in d.find_element(By.TAG_NAME, "body").text)
-    browser.find_elements(By.CSS_SELECTOR, "input[type='file']")[1].send_keys(str(lateral))
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "input[type='file']")[1].send_keys(str(lateral)) or True)
     wait.until(lambda d: "lateral.png" in d.find_element(By.TAG_NAME, "body").text)
 
     def generate_button(driver):
@@ -108,11 +111,18 @@ def test_upload_two_views_and_read_the_report(server, browser, tmp_path):
                 return button
         return False
 
-    wait.until(generate_button).click()
-    report = wait.until(ec.visibility_of_element_located((By.ID, "cxrgen-report")))
-    text = report.text.strip()
+    def click_generate(driver):
+        button = generate_button(driver)
+        if not button:
+            return False
+        button.click()
+        return True
+
+    wait.until(click_generate)
+    wait.until(ec.visibility_of_element_located((By.ID, "cxrgen-report")))
+    text = wait.until(lambda d: d.find_element(By.ID, "cxrgen-report").text.strip() or False)
     assert text and text != "(empty)", log.read_text()[-2000:]
-    body = browser.find_element(By.TAG_NAME, "body").text
+    body = wait.until(lambda d: d.find_element(By.TAG_NAME, "body").text)
     assert "SYNTHETIC" in body and "not a diagnosis" in body and "Traceback" not in body
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "[data-testid='stImage'] img"))
     time.sleep(1.0)   # let the last image paint

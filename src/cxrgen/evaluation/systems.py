@@ -6,9 +6,9 @@ from __future__ import annotations
 FLOORS = ("constant", "retrieval")          # what a model must beat
 ORACLE = "label_oracle"                     # a ceiling beside them (see floors.py)
 FLOOR_STAGE_SYSTEMS = (*FLOORS, ORACLE)     # what the floors stage scores
-# A model's decodings, each adding one part (the last is the one the headline reports): greedy,
-# beam search, the report chosen by the findings among the beam's and sampled ones with the head
-# read at 0.5, at its calibrated thresholds (first of equals), and with the consensus among equals.
+# A model's decodings (the last is the one the headline reports): greedy, beam search, and the
+# report chosen by the findings among the beam's and sampled ones with the head read at 0.5, at its
+# calibrated thresholds taking the first of equals, and at them with the consensus among equals.
 RERANK_AT_HALF = "rerank_at_half"
 RERANK_FIRST = "rerank_first"
 DECODINGS = ("greedy", "beam", RERANK_AT_HALF, RERANK_FIRST, "rerank")

@@ -348,16 +348,16 @@ def run_evaluate(model_name: str, params: dict, model_path: str | Path, prepared
     # beam's and sampled reports (decode.rerank_samples > 0).
     decodings = DECODINGS if decode.rerank_samples else ("greedy", "beam")
     final = decodings[-1]
+    reference_labels = labeler.label_matrix(references)
     head_alone = None
     if decode.rerank_samples:
         candidates = rerank_candidates(model, features, texts["beam"], vocab, decode)
+        thresholds = model.decision_thresholds()
         texts[RERANK_AT_HALF] = candidates.choose(None)
-        texts[RERANK_FIRST] = candidates.choose(model.decision_thresholds(), consensus=False)
-        texts["rerank"] = candidates.choose(model.decision_thresholds())
-        head_alone = head_alone_scores(candidates.probabilities, model.decision_thresholds(),
-                                       labeler.label_matrix(references), settings)
+        texts[RERANK_FIRST] = candidates.choose(thresholds, consensus=False)
+        texts["rerank"] = candidates.choose(thresholds)
+        head_alone = head_alone_scores(candidates.probabilities, thresholds, reference_labels, settings)
     texts.update(load_floors(floors_path, report_ids))
-    reference_labels = labeler.label_matrix(references)
     with scores.MeteorScorer() as meteor:
         systems = {name: score_system(t, references, reference_labels, settings, meteor) for name, t in texts.items()}
 

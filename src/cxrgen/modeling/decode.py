@@ -30,7 +30,8 @@ seeded by `rerank_seed` and the study's position), reads each with the labeler, 
 head finds most likely: sum over observations of log p if the report states it, else log (1 - p).
 Training calibrates, per finding, the probability at which the head's reading counts as present
 (val studies, abnormal-finding F1); the choice weighs each stated finding by how far the head's
-probability lies above or below that threshold (`findings_agreement`).
+probability lies above or below that threshold (`findings_agreement`). Among candidates that agree
+equally, the one closest in wording to all the study's candidates is kept (`consensus_scores`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from __future__ import annotations
 import weakref
 from collections import Counter
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import tensorflow as tf
@@ -389,7 +391,11 @@ def findings_agreement(texts: list[str], probabilities: np.ndarray, thresholds: 
     `decision_thresholds`) a finding counts for a report once the head's probability passes the
     threshold the val studies set for it, not 0.5.
     """
-    stated = labeler.positive_matrix(labeler.label_matrix(texts))
+    return _agreement(labeler.positive_matrix(labeler.label_matrix(texts)), probabilities, thresholds)
+
+
+def _agreement(stated: np.ndarray, probabilities: np.ndarray, thresholds: np.ndarray | None) -> np.ndarray:
+    """findings_agreement for reports already read by the labeler (`stated`: (reports, 14) bool)."""
     p = np.clip(np.asarray(probabilities, np.float64), AGREEMENT_EPS, 1 - AGREEMENT_EPS)
     t = np.full(p.shape, 0.5) if thresholds is None else np.clip(np.asarray(thresholds, np.float64),
                                                                  AGREEMENT_EPS, 1 - AGREEMENT_EPS)
@@ -403,6 +409,12 @@ class Candidates:
     texts: list[list[str]]
     probabilities: np.ndarray
 
+    @cached_property
+    def stated(self) -> list[np.ndarray]:
+        """Per study, (candidates, 14) what the labeler reads in each candidate: read once, however
+        many times `choose` is asked (the evaluation chooses three ways from the same candidates)."""
+        return [labeler.positive_matrix(labeler.label_matrix(texts)) for texts in self.texts]
+
     def choose(self, thresholds: np.ndarray | None = None, consensus: bool = True) -> list[str]:
         """Per study, a candidate with the highest findings_agreement. Among equals (many sampled
         reports state the same findings in other words), the consensus one: the highest mean n-gram
@@ -411,7 +423,7 @@ class Candidates:
         beam's, then the first sampled."""
         chosen = []
         for study, texts in enumerate(self.texts):
-            agreement = findings_agreement(texts, self.probabilities[study], thresholds)
+            agreement = _agreement(self.stated[study], self.probabilities[study], thresholds)
             best = [i for i in range(len(texts)) if agreement[i] >= agreement.max() - AGREEMENT_TIE]
             equals = list(dict.fromkeys(texts[i] for i in best))   # distinct wordings, first seen first
             if consensus and len(equals) > 1:

@@ -395,12 +395,9 @@ def calibrate_thresholds(probabilities: np.ndarray, targets: np.ndarray) -> np.n
     return thresholds
 
 
-def finding_head_auc(model: ReportGenerator, features: np.ndarray, findings: np.ndarray,
-                     batch_size: int) -> dict | None:
-    """Val AUC of the finding head per observation (those with both classes in the split), and macro."""
-    if model.finding_classifier is None:
-        return None
-    probabilities = head_probabilities(model, features, batch_size)
+def finding_head_auc(probabilities: np.ndarray, findings: np.ndarray) -> dict:
+    """AUC of the finding head's `probabilities` per observation (those with both classes in
+    `findings`), and macro."""
     per_observation = {}
     for index, observation in enumerate(OBSERVATIONS):
         auc = roc_auc(findings[:, index], probabilities[:, index])
@@ -452,11 +449,11 @@ def train(model_name: str, params: dict, features_dir: str | Path, prepared_dir:
             "val_studies": int(len(data.tokens["val"])),
         }
         metrics["val_perplexity"] = round(float(np.exp(metrics["val_loss"])), 4)
-        head = finding_head_auc(real.model, data.features["val"], data.findings["val"], batch)
-        if head is not None:   # the finding head's own check that it reads the images
+        if real.model.finding_classifier is not None:   # the finding head's own check that it reads the images
+            probabilities = head_probabilities(real.model, data.features["val"], batch)
+            head = finding_head_auc(probabilities, data.findings["val"])
             metrics["val_finding_auc_macro"] = head["macro"]
             metrics["val_finding_auc"] = head["per_observation"]
-            probabilities = head_probabilities(real.model, data.features["val"], batch)
             thresholds = calibrate_thresholds(probabilities, data.findings["val"])
             real.model.set_finding_thresholds(thresholds)
             metrics["finding_thresholds"] = {name: round(float(t), 2) for name, t in zip(OBSERVATIONS, thresholds)}

@@ -14,19 +14,17 @@ from cxrgen.files import write_json_atomic
 
 def describe_machine() -> dict:
     import keras
-    import tensorflow as tf
 
-    gpus = [tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name)
-            for gpu in tf.config.list_physical_devices("GPU")]
+    device = describe_device()   # the GPUs and TensorFlow, as the stages record them
     return {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
+        "cpu_count": device["cpu_count"],
         "python": platform.python_version(),
-        "tensorflow": tf.__version__,
+        "tensorflow": device["tensorflow"],
         "keras": keras.__version__,
-        "gpus": gpus,
-        "tensorflow_build": describe_device()["tensorflow_build"],
+        "gpus": device["gpus"],
+        "tensorflow_build": device["tensorflow_build"],
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
 

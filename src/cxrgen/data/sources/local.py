@@ -14,6 +14,16 @@ match wins:
   kaggle  indiana_reports.csv + indiana_projections.csv + a folder of the PNGs the projections
           file names (e.g. images/images_normalized/), packed into kaggle.tar: members
           indiana_reports.csv, indiana_projections.csv and images/<file name>.
+  mimic   MIMIC-CXR-JPG (see cxrgen.data.mimic): mimic-cxr-2.0.0-split.csv(.gz) +
+          mimic-cxr-2.0.0-metadata.csv(.gz) + files/pXX/pSUBJECT/sSTUDY/<dicom_id>.jpg, with the
+          reports as files/pXX/pSUBJECT/sSTUDY.txt or in mimic-cxr-reports.zip (here or one folder
+          down). Checked first: a MIMIC folder may also hold R2Gen's annotation.json. The images are
+          NOT copied (about 570 GB): mimic_tables.tar packs the tables as given (chexpert too when
+          present), every report (members files/pXX/pSUBJECT/sSTUDY.txt, read from the folder or the
+          zip) and annotation.json when present; mimic_images.parquet lists the JPGs the metadata
+          names that exist (dicom_id, study_id, subject_id, path under the tables' folder, size), so
+          a changed folder changes data/raw. Metadata rows without their JPG are named and counted
+          (an error only when none is there); prepare reads the JPGs in place.
 
 Packing is deterministic: members sorted by name, no times or owners (deterministic_tarinfo),
 gzip with mtime 0 and no file name, so the same input gives the same bytes. Every archive placed
@@ -25,12 +35,16 @@ whose target resolves outside the folder is refused with its name and target, be
 written, so it can never be packed into data/raw (and pushed with DVC). Links that stay inside the
 folder are followed. (A hard link is an ordinary file to the filesystem and cannot be told apart.)
 
+A full MIMIC-CXR-JPG folder is scanned once (about 65,000 patient folders; a progress bar shows it).
+
 cfg (params.yaml download.local):
   path: null    the folder (or a file in it); null means this source is not configured
   sha256:       expected sha256 of the archives placed in data/raw, by kind: {images, reports} for the
                 NLMCXR layout (the user's archive as it is, or the archive packed from a folder; the
                 same digests source.json records), {bundle} for the R2Gen / Kaggle layouts. null: not
                 checked. Packing is deterministic, so a folder gives the same digest every time.
+                MIMIC: {bundle} is mimic_tables.tar (the manifest is not pinned: its parquet bytes
+                name the pyarrow version that wrote them).
 """
 
 from __future__ import annotations
@@ -44,10 +58,15 @@ import os
 import re
 import sys
 import tarfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
+import pandas as pd
 from tqdm import tqdm
+
+from cxrgen.data import mimic
 
 from cxrgen.data.archives import (
     ARCHIVES,
@@ -58,8 +77,9 @@ from cxrgen.data.archives import (
     write_sidecar,
 )
 from cxrgen.errors import BadInput, SourceUnavailable
-from cxrgen.files import CHUNK, atomic_path
+from cxrgen.files import CHUNK, atomic_path, sha256_of
 from cxrgen.params import check_keys
+from cxrgen.tables import write_parquet
 
 ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar")
 R2GEN_BUNDLE = "r2gen.tar"
@@ -82,8 +102,11 @@ LOOKED_FOR = (
     "looked for NLMCXR_png.tgz + NLMCXR_reports.tgz (or .tar.gz / .tar), "
     f"an {REPORTS_FOLDER}/ folder of XML reports + a folder of CXR*.png images, "
     f"R2Gen's {R2GEN_ANNOTATION} + images/<id>/0.png, "
-    f"or Kaggle's {KAGGLE_REPORTS} + {KAGGLE_PROJECTIONS} + a folder of their PNGs"
+    f"Kaggle's {KAGGLE_REPORTS} + {KAGGLE_PROJECTIONS} + a folder of their PNGs, "
+    f"or MIMIC-CXR-JPG's {mimic.SPLIT_TABLE}(.gz) + {mimic.METADATA_TABLE}(.gz) + {mimic.FILES_FOLDER}/"
 )
+MAX_REPORT_BYTES = 1 << 20  # one MIMIC report in a zip (real ones are a few KB): more is refused unread
+MAX_TABLE_BYTES = 1 << 30   # a MIMIC table once decompressed (real: the metadata is about 60 MB)
 
 
 # -- looking around the user's folder -----------------------------------------------------------
@@ -163,13 +186,24 @@ def _one_folder(root: Path, candidates: dict[Path, list[Path]], what: str) -> tu
 # -- the layouts: each returns a plan or says what it is missing --------------------------------
 
 
+@dataclass(frozen=True)
+class ZipMember:
+    """A file inside a zip archive (the archive already checked to lie inside the folder)."""
+
+    archive: Path
+    name: str
+    size: int
+
+
 @dataclass
 class Plan:
     layout: str
     copies: dict[str, Path] = field(default_factory=dict)  # kind -> user's archive, copied as is
-    packs: dict[str, list[tuple[str, Path]]] = field(default_factory=dict)  # file -> members
+    packs: dict[str, list[tuple[str, Path | ZipMember]]] = field(default_factory=dict)  # file -> members
+    writes: dict[str, tuple[str, Callable[[Path], None]]] = field(default_factory=dict)  # file -> (label, writer)
     origin: dict = field(default_factory=dict)  # what was found, relative to the given folder
     notes: dict = field(default_factory=dict)
+    checked: bool = False  # the members already name real files inside the folder (checked while found)
 
 
 class _Missing(Exception):
@@ -300,7 +334,150 @@ def _plan_kaggle(root: Path) -> Plan | None:
     return plan
 
 
-LAYOUTS = (_plan_nlmcxr, _plan_r2gen, _plan_kaggle)
+def _scan(folder: Path, root: Path, pattern: re.Pattern, *, want_dirs: bool) -> list[tuple[str, Path, int]]:
+    """Entries of `folder` (a real path inside root) whose names match `pattern`: (name, real path,
+    size; 0 for folders), sorted. A link is followed only when its target stays inside root."""
+    out = []
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError), os.scandir(folder) as entries:
+        for entry in entries:
+            if not pattern.fullmatch(entry.name):
+                continue
+            if entry.is_dir() != want_dirs or not (want_dirs or entry.is_file()):
+                continue
+            path = _inside(Path(entry.path), root) if entry.is_symlink() else Path(entry.path)
+            out.append((entry.name, path, 0 if want_dirs else entry.stat().st_size))
+    return sorted(out)
+
+
+def _walk_mimic(files: Path, root: Path) -> tuple[dict[str, tuple[Path, int]], dict[str, Path]]:
+    """The JPGs ({files/pXX/pS/sT/<id>.jpg: (real path, size)}) and the reports
+    ({files/pXX/pS/sT.txt: real path}) under files/, relative to the folder holding files/."""
+    images, reports = {}, {}
+    subjects = [(group, subject, path)
+                for group, group_path, _ in _scan(files, root, mimic.GROUP_FOLDER, want_dirs=True)
+                for subject, path, _ in _scan(group_path, root, mimic.SUBJECT_FOLDER, want_dirs=True)]
+    for group, subject, subject_path in tqdm(subjects, desc="scanning MIMIC-CXR patients", unit=" patients",
+                                             file=sys.stderr, mininterval=2, dynamic_ncols=True):
+        prefix = f"{mimic.FILES_FOLDER}/{group}/{subject}"
+        for name, path, _ in _scan(subject_path, root, mimic.STUDY_REPORT, want_dirs=False):
+            reports[f"{prefix}/{name}"] = path
+        for study, study_path, _ in _scan(subject_path, root, mimic.STUDY_FOLDER, want_dirs=True):
+            for name, path, size in _scan(study_path, root, _JPG, want_dirs=False):
+                images[f"{prefix}/{study}/{name}"] = (path, size)
+    return images, reports
+
+
+_JPG = re.compile(r"[^/]+\.jpg")
+
+
+def _zip_reports(archive: Path) -> list[tuple[str, ZipMember]]:
+    """The members of mimic-cxr-reports.zip that are reports (files/pXX/pS/sT.txt); others are ignored."""
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise BadInput(archive, f"not a readable zip archive ({exc})") from None
+    members = {}
+    for info in infos:
+        if info.is_dir() or not mimic.REPORT_PATH.fullmatch(info.filename):
+            continue
+        if info.file_size > MAX_REPORT_BYTES:
+            raise BadInput(archive, f"member {info.filename} says it holds {info.file_size:,} bytes; a MIMIC-CXR "
+                                    f"report is a few KB (more than {MAX_REPORT_BYTES:,} is refused unread)")
+        members[info.filename] = ZipMember(archive, info.filename, info.file_size)
+    return sorted(members.items())
+
+
+def _read_table(path: Path, table: str) -> list[dict]:
+    with open(path, "rb") as f:
+        return mimic.read_table(f.read(), path, table, MAX_TABLE_BYTES)
+
+
+def _plan_mimic(root: Path) -> Plan | None:
+    candidates = [f for f in _folders(root, 1)
+                  if mimic.find_table(f, mimic.SPLIT_TABLE) or mimic.find_table(f, mimic.METADATA_TABLE)]
+    if not candidates:
+        return None
+    folder = candidates[0]
+    tables = {t: mimic.find_table(folder, t) for t in mimic.TABLES}
+    for table in (mimic.SPLIT_TABLE, mimic.METADATA_TABLE):
+        if tables[table] is None:
+            found = next(_relative(p, root) for p in tables.values() if p)
+            raise _Missing(f"found {found} but not {table}(.gz) beside it (MIMIC-CXR-JPG)")
+    files = folder / mimic.FILES_FOLDER
+    if not files.is_dir():
+        raise _Missing(f"found the MIMIC-CXR tables in {_relative(folder, root)}/ but no "
+                       f"{mimic.FILES_FOLDER}/ folder of images beside them")
+    tables = {t: _inside(p, root) for t, p in tables.items() if p}
+    images, reports = _walk_mimic(_inside(files, root), root)
+    report_members: list[tuple[str, Path | ZipMember]] = sorted(reports.items())
+    reports_from = {"folder": _relative(files, root), "files": len(reports)}
+    if not reports:
+        zips = [f / mimic.REPORTS_ZIP for f in dict.fromkeys([folder, *_folders(root, 1)])
+                if (f / mimic.REPORTS_ZIP).is_file()]
+        if not zips:
+            raise _Missing(f"found the MIMIC-CXR tables and {_relative(files, root)}/ but no reports: looked for "
+                           f"{mimic.FILES_FOLDER}/pXX/pSUBJECT/sSTUDY.txt and {mimic.REPORTS_ZIP}")
+        archive = _inside(zips[0], root)
+        report_members = _zip_reports(archive)
+        if not report_members:
+            raise BadInput(archive, f"no reports in it: expected members {mimic.FILES_FOLDER}/pXX/pSUBJECT/sSTUDY.txt")
+        reports_from = {"zip": _relative(zips[0], root), "files": len(report_members)}
+
+    metadata = _read_table(tables[mimic.METADATA_TABLE], mimic.METADATA_TABLE)
+    _read_table(tables[mimic.SPLIT_TABLE], mimic.SPLIT_TABLE)  # its columns, checked before anything is written
+    rows, missing = [], []
+    for row in metadata:
+        subject, study, dicom = (str(row[k]).strip() for k in ("subject_id", "study_id", "dicom_id"))
+        path = mimic.image_path(subject, study, dicom)
+        if path in images:
+            rows.append({"dicom_id": dicom, "study_id": study, "subject_id": subject, "path": path,
+                         "size": images[path][1]})
+        else:
+            missing.append(path)
+    missing.sort()
+    if not rows:
+        example = f" (e.g. {missing[0]})" if missing else ""
+        raise BadInput(files, f"none of the {len(metadata):,} images {tables[mimic.METADATA_TABLE].name} lists "
+                              f"is here{example}")
+    if missing:
+        shown = ", ".join(missing[:MISSING_NAMED])
+        more = f", ... ({len(missing) - MISSING_NAMED:,} more)" if len(missing) > MISSING_NAMED else ""
+        print(f"download: warning: {len(missing):,} of the {len(metadata):,} images "
+              f"{tables[mimic.METADATA_TABLE].name} lists are not in {_relative(files, root)}/: {shown}{more}; "
+              "their studies are used with the views that are there", file=sys.stderr)
+    manifest = pd.DataFrame(sorted(rows, key=lambda r: r["path"]), columns=mimic.MANIFEST_COLUMNS)
+    manifest["size"] = manifest["size"].astype("int64")
+
+    plan = Plan("mimic", checked=True)
+    extra = []
+    annotation = folder / mimic.ANNOTATION
+    if annotation.is_file():
+        extra.append((mimic.ANNOTATION, _inside(annotation, root)))
+    plan.packs[mimic.TABLES_BUNDLE] = (
+        [(path.name, path) for path in tables.values()] + extra + report_members)
+    plan.writes[mimic.IMAGES_MANIFEST] = ("manifest", lambda dest: write_parquet(manifest, dest))
+    plan.origin = {
+        "folder": _relative(folder, root),
+        **{table.removesuffix(".csv").removeprefix("mimic-cxr-2.0.0-"): _relative(path, root)
+           for table, path in tables.items()},
+        "images": {"folder": _relative(files, root), "files": len(images)},
+        "reports": reports_from,
+        **({"annotation": _relative(annotation, root)} if extra else {}),
+    }
+    plan.notes = {
+        "metadata_images": len(metadata),
+        "metadata_images_missing": len(missing),
+        "metadata_images_missing_examples": missing[:MISSING_NAMED],
+        "images_not_in_metadata": len(images) - len(rows),
+    }
+    return plan
+
+
+MISSING_NAMED = 10  # metadata rows without their JPG named in the warning and source.json
+
+
+LAYOUTS = (_plan_mimic, _plan_nlmcxr, _plan_r2gen, _plan_kaggle)
 
 
 def _plan(root: Path) -> Plan:
@@ -315,8 +492,9 @@ def _plan(root: Path) -> Plan:
             # Every file that will be read, checked before anything is written; the plan then names
             # the real files, which _pack opens without following a link.
             plan.copies = {kind: _inside(path, root) for kind, path in plan.copies.items()}
-            plan.packs = {name: [(member, _inside(path, root)) for member, path in members]
-                          for name, members in plan.packs.items()}
+            if not plan.checked:
+                plan.packs = {name: [(member, _inside(path, root)) for member, path in members]
+                              for name, members in plan.packs.items()}
             return plan
     if partial:
         raise BadInput(root, "; ".join(partial))
@@ -362,15 +540,36 @@ def _copy(source: Path, dest: Path) -> str:
     return hashing.digest.hexdigest()
 
 
-def _pack(members: list[tuple[str, Path]], dest: Path) -> str:
-    """Write members (name in the archive, file) as a deterministic tar, gzipped for .tgz names."""
-    members = sorted(members)
-    total = 0
-    for _, path in members:
+def _open_member(source: Path | ZipMember, zips: dict, stack: contextlib.ExitStack):
+    """(file object, size) of one member to pack; BadInput naming it when it cannot be read."""
+    if isinstance(source, ZipMember):
         try:
-            total += path.stat().st_size
+            if source.archive not in zips:
+                zips[source.archive] = stack.enter_context(zipfile.ZipFile(source.archive))
+            return zips[source.archive].open(source.name), source.size
+        except (zipfile.BadZipFile, OSError, KeyError) as exc:
+            raise BadInput(f"{source.archive}:{source.name}", f"cannot be read ({exc})") from None
+    try:
+        # O_NOFOLLOW: a file swapped for a link since the plan was checked is not followed.
+        f = os.fdopen(os.open(source, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)), "rb")
+    except OSError as exc:
+        raise BadInput(source, f"cannot be read ({exc.strerror})") from None
+    return f, os.fstat(f.fileno()).st_size
+
+
+def _pack(members: list[tuple[str, Path | ZipMember]], dest: Path) -> str:
+    """Write members (name in the archive, file or zip member) as a deterministic tar, gzipped for .tgz
+    names."""
+    members = sorted(members, key=lambda member: member[0])
+    total = 0
+    for _, source in members:
+        if isinstance(source, ZipMember):
+            total += source.size
+            continue
+        try:
+            total += source.stat().st_size
         except OSError as exc:
-            raise BadInput(path, f"cannot be read ({exc.strerror})") from None
+            raise BadInput(source, f"cannot be read ({exc.strerror})") from None
     with atomic_path(dest) as tmp, open(tmp, "wb") as out, contextlib.ExitStack() as stack:
         hashing = _HashingWriter(out)
         stream = hashing
@@ -381,17 +580,17 @@ def _pack(members: list[tuple[str, Path]], dest: Path) -> str:
             )
         tar = stack.enter_context(tarfile.open(fileobj=stream, mode="w", format=tarfile.PAX_FORMAT))
         bar = stack.enter_context(_bar(f"pack {dest.name}", total))
-        for name, path in members:
-            try:
-                # O_NOFOLLOW: a file swapped for a link since the plan was checked is not followed.
-                f = os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)), "rb")
-            except OSError as exc:
-                raise BadInput(path, f"cannot be read ({exc.strerror})") from None
+        zips: dict[Path, zipfile.ZipFile] = {}
+        for name, source in members:
+            f, size = _open_member(source, zips, stack)
             with f:
                 # Images are packed as they are: a corrupt or empty PNG is the prepare stage's to
                 # skip and count, as it would be inside the original archive.
-                size = os.fstat(f.fileno()).st_size
-                tar.addfile(deterministic_tarinfo(name, size), f)
+                try:
+                    tar.addfile(deterministic_tarinfo(name, size), f)
+                except (zipfile.BadZipFile, EOFError, OSError) as exc:
+                    where = f"{source.archive}:{source.name}" if isinstance(source, ZipMember) else source
+                    raise BadInput(where, f"cannot be read ({exc})") from None
             bar.update(size)
     # ExitStack closed tar, then gzip (its trailer), before atomic_path renamed the file
     return hashing.digest.hexdigest()
@@ -435,7 +634,7 @@ def fetch(cfg: dict, raw_dir: Path, cache_dir: Path) -> dict:
     raw_dir = Path(raw_dir)
     plan = _plan(root)
     produced = set(plan.copies) | {next((k for k, n in ARCHIVES.items() if n == name), "bundle")
-                                   for name in plan.packs}
+                                   for name in plan.packs} | {label for label, _ in plan.writes.values()}
     for kind in sorted(set(pins) - produced):
         raise BadInput("params.yaml", (
             f"download.local.sha256.{kind} is set, but the {plan.layout} layout found in {root} "
@@ -448,11 +647,15 @@ def fetch(cfg: dict, raw_dir: Path, cache_dir: Path) -> dict:
     try:
         outputs = [(kind, ARCHIVES[kind], archive) for kind, archive in plan.copies.items()]
         outputs += [(None, name, members) for name, members in plan.packs.items()]
+        outputs += [(label, name, writer) for name, (label, writer) in plan.writes.items()]
         for kind, name, what in outputs:
             dest = raw_dir / name
             placed += [dest, sidecar_path(dest)]
             if isinstance(what, Path):
                 sha = _copy(what, dest)  # bytes of the user's archive, checked above
+            elif callable(what):
+                what(dest)  # a table made from what was found (atomic: cxrgen.tables)
+                sha = sha256_of(dest)
             else:
                 sha = _pack(what, dest)
                 kind = next((k for k, n in ARCHIVES.items() if n == name), None)

@@ -31,7 +31,9 @@ def main() -> None:
         "reports": len(reports),
         "images": len(images),
         "skipped": skipped.counts(),
-        "projection_rule": "order (first image of a study frontal, the others lateral)",
+        "projection_rule": ("metadata ViewPosition (PA/AP frontal, LATERAL/LL lateral, others not used)"
+                            if record.get("layout") == "mimic" else
+                            "order (first image of a study frontal, the others lateral)"),
         "projection_truth": truth_name,
         "projection_rule_accuracy": projection_accuracy(images, truth),
     })

@@ -10,7 +10,7 @@ import pytest
 from hostile_inputs import HOSTILE_PNG, png_bytes
 from PIL import Image
 
-from cxrgen.data.images import decode_png, fit_square
+from cxrgen.data.images import decode_jpeg, decode_png, fit_square
 from cxrgen.errors import Unusable
 
 SIZE = 64
@@ -102,3 +102,34 @@ def test_a_valid_png_followed_by_junk_is_still_the_image():
     """Trailing bytes after IEND do not change the picture (their size is extract's bound to check)."""
     data = png_bytes(40, 30)
     assert np.array_equal(decode_png(data + bytes(10_000), SIZE), decode_png(data, SIZE))
+
+
+def _jpeg(image: Image.Image, quality: int = 95) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def test_jpeg_is_decoded_at_a_reduced_scale_to_the_same_square():
+    """A large JPEG (as MIMIC's films) decoded by libjpeg at 1/8 scale gives the square a full decode
+    gives, within rounding: same shape, padding, and close values."""
+    wide = np.tile(np.linspace(0, 255, 1600).astype(np.uint8), (1200, 1))
+    data = _jpeg(Image.fromarray(wide))
+    fast = decode_jpeg(data, SIZE)
+    full = decode_png(data, SIZE)   # the PNG path decodes any image at full size
+    assert fast.shape == full.shape == (SIZE, SIZE) and fast.dtype == np.uint8
+    assert np.array_equal(fast == 0, full == 0)   # the same padding
+    assert np.abs(fast.astype(int) - full.astype(int)).max() <= 2
+
+
+def test_jpeg_small_rgb_and_refusals():
+    rgb = Image.fromarray(np.stack([_gradient()] * 3, axis=-1), mode="RGB")
+    out = decode_jpeg(_jpeg(rgb), SIZE)
+    assert out.shape == (SIZE, SIZE) and out[SIZE // 2, -1] > 200   # bright right edge kept
+    with pytest.raises(Unusable, match="zero-byte"):
+        decode_jpeg(b"", SIZE)
+    with pytest.raises(Unusable, match="not an image"):
+        decode_jpeg(b"plain text, not a JPEG", SIZE)
+    data = _jpeg(Image.fromarray(_gradient(400, 300)))
+    with pytest.raises(Unusable, match="truncated"):
+        decode_jpeg(data[: len(data) // 2], SIZE)

@@ -7,7 +7,15 @@ from collections import Counter
 
 import pytest
 
-from cxrgen.data.split import SPLITS, r2gen_uid, split_r2gen, split_random, split_sizes
+from cxrgen.data.split import (
+    SPLITS,
+    r2gen_uid,
+    split_official,
+    split_r2gen,
+    split_random,
+    split_random_grouped,
+    split_sizes,
+)
 from cxrgen.errors import BadInput, CxrgenError
 
 IDS = [f"CXR{n}" for n in range(1, 201)]
@@ -145,3 +153,46 @@ def test_malformed_annotation_names_the_file(tmp_path, data, problem):
 def test_missing_annotation_file(tmp_path):
     with pytest.raises(BadInput, match="not found"):
         split_r2gen(["CXR1"], tmp_path / "annotation.json")
+
+
+# -- by patient, and the split a collection ships with (MIMIC-CXR) ------------------------------
+
+PATIENT_OF = {f"s{n}": f"p{n // 3}" for n in range(300)}   # 100 patients, 3 studies each
+UNEVEN = {f"s{n}": f"p{n % 37 if n % 5 else n}" for n in range(300)}   # some patients with many studies
+
+
+@pytest.mark.parametrize("groups", [PATIENT_OF, UNEVEN], ids=["even", "uneven"])
+def test_random_split_by_patient_keeps_each_patients_studies_together(groups):
+    assignment = split_random_grouped(list(groups), groups, {"train": 0.7, "val": 0.1, "test": 0.2}, seed=0)
+    assert set(assignment) == set(groups)
+    for patient in set(groups.values()):
+        assert len({assignment[r] for r, p in groups.items() if p == patient}) == 1
+    counts = Counter(assignment.values())
+    biggest = max(Counter(groups.values()).values())
+    for name, share in {"train": 0.7, "val": 0.1, "test": 0.2}.items():
+        assert abs(counts[name] - share * len(groups)) <= biggest   # as close as whole patients allow
+
+
+def test_random_split_by_patient_is_seeded_and_ignores_order():
+    first = split_random_grouped(list(PATIENT_OF), PATIENT_OF, seed=3)
+    assert split_random_grouped(list(reversed(list(PATIENT_OF))), PATIENT_OF, seed=3) == first
+    assert split_random_grouped(list(PATIENT_OF), PATIENT_OF, seed=4) != first
+    assert split_random_grouped(list(PATIENT_OF), PATIENT_OF, {"train": 1.0, "val": 0.0, "test": 0.0}) == \
+        dict.fromkeys(PATIENT_OF, "train")
+
+
+def test_official_split_is_taken_as_given():
+    official = {"s1": "train", "s2": "train", "s3": "test", "s4": None}
+    groups = {"s1": "p1", "s2": "p1", "s3": "p2", "s4": "p3"}
+    assignment, info = split_official(["s4", "s3", "s2", "s1"], official, groups, "data/split.csv.gz")
+    assert assignment == official
+    assert info["reports"] == {"train": 2, "val": 0, "test": 1}
+    assert info["patients"] == {"train": 1, "val": 0, "test": 1}
+    assert info["split_file"] == "split.csv.gz" and info["not_in_official_split_examples"] == ["s4"]
+
+
+def test_official_split_with_a_patient_in_two_splits_names_the_file():
+    official = {"s1": "train", "s2": "test"}
+    with pytest.raises(BadInput, match=r"^/data/mimic-cxr-2.0.0-split.csv.gz: patient p1 is in two splits: "
+                                       r"s1 in 'train', s2 in 'test'"):
+        split_official(official, official, {"s1": "p1", "s2": "p1"}, "/data/mimic-cxr-2.0.0-split.csv.gz")

@@ -16,6 +16,17 @@ reason (entity expansion refused, undeclared or external entity, encoding error,
 XML, malformed XML, ...). A report that refers to an external entity is skipped, never kept with the
 reference as text (it would train as a word).
 
+MIMIC-CXR (layout "mimic", see cxrgen.data.mimic): reports are keyed "s<study_id>", their sections
+parsed from the free text (mimic.parse_sections), with two more columns, subject_id (the patient) and
+official_split (train / val / test from mimic-cxr-2.0.0-split.csv; null when it does not list the
+study); `mesh_major` holds the reference labels of mimic-cxr-2.0.0-chexpert.csv when it is there, as
+index terms that map back to the same observations (mimic.CHEXPERT_INDEX_TERMS; MIMIC has no MeSH). Images are keyed by dicom_id, their projection read from the metadata's ViewPosition
+(projection_source "metadata"; PA/AP frontal, LATERAL/LL lateral, others left out with their reason),
+width/height from its Columns/Rows; they are not in data/raw: `archive` is null, `member` the path
+under download.local.path, and one more column, `size`, the bytes the download stage found there
+(prepare checks it). Metadata images whose file is not there, and studies without a report, are left
+out, named, but not counted as bad inputs (a partial download is usable).
+
 The NLM XML gives no projection. The Kaggle export's projections file does; otherwise the order
 rule infers it (first image of a study frontal, the others lateral), and its accuracy is measured
 against whatever truth exists (synthetic ground truth, a Kaggle projections file) — see
@@ -27,6 +38,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import posixpath
 import re
 import struct
 import sys
@@ -38,6 +50,7 @@ import pandas as pd
 from lxml import etree
 from tqdm import tqdm
 
+from cxrgen.data import mimic
 from cxrgen.errors import BadInput, Unusable
 from cxrgen.files import read_json
 from cxrgen.params import with_defaults
@@ -48,6 +61,8 @@ IMAGE_COLUMNS = [
     "image_id", "report_id", "position", "projection", "projection_source",
     "width", "height", "archive", "member", "problem",
 ]
+MIMIC_REPORT_COLUMNS = [*REPORT_COLUMNS, "subject_id", "official_split"]
+MIMIC_IMAGE_COLUMNS = [*IMAGE_COLUMNS, "size"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FRONTAL, LATERAL = "frontal", "lateral"
 EXTRACT_DEFAULTS = {
@@ -76,12 +91,22 @@ class Skipped:
     items: list[dict] = field(default_factory=list)
 
     def add(self, kind: str, reason: str, *, file: str | None = None, id: str | None = None,
-            detail: str | None = None) -> None:
-        """`reason` is the counted key (e.g. "report: truncated XML"); `detail` what exactly was wrong."""
+            detail: str | None = None, warn: bool = True) -> None:
+        """`reason` is the counted key (e.g. "report: truncated XML"); `detail` what exactly was wrong.
+        warn=False for reasons that may be common (then `summarise` says it once)."""
         self.items.append({"stage": "extract", "kind": kind, "id": id, "file": file, "reason": reason,
                            "detail": detail})
-        shown = f" ({detail})" if detail else ""
-        print(f"extract: warning: skipped {file or id}: {reason}{shown}", file=sys.stderr)
+        if warn:
+            shown = f" ({detail})" if detail else ""
+            print(f"extract: warning: skipped {file or id}: {reason}{shown}", file=sys.stderr)
+
+    def summarise(self, reason: str, named: int = 5) -> None:
+        """One warning line for the inputs left out for `reason`."""
+        ids = [item["id"] or item["file"] for item in self.items if item["reason"] == reason]
+        if ids:
+            more = f", ... ({len(ids) - named:,} more)" if len(ids) > named else ""
+            print(f"extract: warning: left out {len(ids):,}: {reason}: {', '.join(ids[:named])}{more}; all are "
+                  "named in dropped.parquet", file=sys.stderr)
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -396,7 +421,147 @@ def _with_bundle_prefix(bundle: Path, wanted: dict[str, str]) -> dict[str, str]:
     return out
 
 
-LAYOUTS = {"nlmcxr": extract_nlmcxr, "kaggle": extract_kaggle, "r2gen": extract_r2gen}
+VIEW_NOT_USED = "view not used (ViewPosition not PA, AP, LATERAL or LL)"
+NO_IMAGE_FILE = "no image file (listed in the metadata)"
+NO_REPORT = "no report for the study"
+NOT_IN_METADATA = "study not in the metadata"
+
+
+def _int_or_none(value) -> int | None:
+    try:
+        return int(float(value))
+    except (TypeError, ValueError):
+        return None
+
+
+def _mimic_report(data: bytes, name: str, subject: str, study: str) -> dict:
+    if not data.strip():
+        raise Unusable("empty file", f"{len(data)} bytes")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise Unusable("encoding error", str(exc)) from None
+    sections = mimic.parse_sections(text)
+    return {"report_id": mimic.report_id(study), **{k.lower(): v for k, v in sections.items()},
+            "mesh_major": [], "image_ids": [], "source_file": name, "subject_id": subject, "official_split": None}
+
+
+def _official_splits(rows: list[dict], where: str) -> dict[str, str]:
+    """{study_id: train | val | test} from the split table; BadInput naming it when a study's images are
+    in two splits or a split is not train / validate / test."""
+    out: dict[str, str] = {}
+    for row in rows:
+        study, value = str(row["study_id"]).strip(), str(row["split"]).strip().lower()
+        split = mimic.SPLIT_NAMES.get(value)
+        if split is None:
+            raise BadInput(where, f"split {row['split']!r} (image {row['dicom_id']}) is not one of "
+                                  f"{', '.join(mimic.SPLIT_NAMES)}")
+        if out.setdefault(study, split) != split:
+            raise BadInput(where, f"study s{study} has images in both '{out[study]}' and '{split}'")
+    return out
+
+
+def extract_mimic(raw_dir: Path, files: dict, skipped: Skipped, limits: dict, origin: dict | None = None):
+    bundle = raw_dir / files["bundle"]
+    manifest_path = raw_dir / files["manifest"]
+    try:
+        manifest = pd.read_parquet(manifest_path)
+    except (OSError, ValueError) as exc:
+        raise BadInput(manifest_path, f"unreadable image list ({exc}); run the download stage again") from None
+    if not set(mimic.MANIFEST_COLUMNS) <= set(manifest.columns):
+        raise BadInput(manifest_path, f"expected columns {', '.join(mimic.MANIFEST_COLUMNS)}")
+    folder = (origin or {}).get("folder") or "."
+    found = {row.dicom_id: (posixpath.normpath(posixpath.join(folder, row.path)), int(row.size))
+             for row in manifest.itertuples(index=False)}
+
+    tables: dict[str, tuple[str, list[dict]]] = {}
+    reports: dict[str, dict] = {}
+    problems = []
+    for member, tar in _iter_tar_files(bundle, "reading MIMIC-CXR reports"):
+        name = member.name
+        table = mimic.table_name(name)
+        if table:
+            where = f"{bundle}:{name}"
+            problem = _too_large(member, limits["max_table_bytes"], "max_table_bytes")
+            if problem:
+                raise BadInput(where, str(problem))
+            tables[table] = (where, mimic.read_table(tar.extractfile(member).read(), where, table,
+                                                     limits["max_table_bytes"]))
+            continue
+        match = mimic.REPORT_PATH.fullmatch(name)
+        if not match:
+            continue
+        try:
+            problem = _too_large(member, limits["max_xml_bytes"], "max_xml_bytes")
+            if problem:
+                raise problem
+            row = _mimic_report(tar.extractfile(member).read(), name, match.group(2), match.group(3))
+            reports[row["report_id"]] = row
+        except Unusable as exc:
+            problems.append((name, mimic.report_id(match.group(3)), exc))
+    for table in (mimic.SPLIT_TABLE, mimic.METADATA_TABLE):
+        if table not in tables:
+            raise BadInput(bundle, f"MIMIC-CXR layout without {table}(.gz); run the download stage again")
+    for name, report_id, exc in sorted(problems):
+        skipped.add("report", f"report: {exc.reason}", file=f"{bundle.name}:{name}", id=report_id, detail=exc.detail)
+
+    split_where, split_rows = tables[mimic.SPLIT_TABLE]
+    splits = _official_splits(split_rows, split_where)
+    labels = {mimic.report_id(str(row["study_id"]).strip()): mimic.chexpert_terms(row)
+              for row in tables.get(mimic.CHEXPERT_TABLE, (None, []))[1]}
+    by_study: dict[str, list[dict]] = {}
+    for row in tables[mimic.METADATA_TABLE][1]:
+        by_study.setdefault(mimic.report_id(str(row["study_id"]).strip()), []).append(row)
+
+    image_rows = []
+    for report_id in sorted(reports):
+        report = reports[report_id]
+        report["official_split"] = splits.get(report_id.removeprefix("s"))
+        report["mesh_major"] = labels.get(report_id, [])
+        listed = sorted(by_study.get(report_id, []), key=lambda r: (
+            mimic.VIEW_RANK.get(str(r["ViewPosition"]).strip().upper(), len(mimic.VIEW_RANK)), r["dicom_id"]))
+        if not listed:
+            skipped.add("report", NOT_IN_METADATA, id=report_id, file=report["source_file"], warn=False)
+        report["image_ids"] = [str(r["dicom_id"]).strip() for r in listed]
+        for position, row in enumerate(listed):
+            dicom, view = str(row["dicom_id"]).strip(), str(row["ViewPosition"] or "").strip()
+            projection = mimic.projection(view)
+            if projection is None:
+                skipped.add("image", VIEW_NOT_USED, id=dicom, detail=f"ViewPosition {view!r}" if view else
+                            "ViewPosition blank", warn=False)
+                continue
+            if dicom not in found:
+                skipped.add("image", NO_IMAGE_FILE, id=dicom,
+                            file=mimic.image_path(report["subject_id"], report_id[1:], dicom), warn=False)
+                continue
+            path, size = found[dicom]
+            problem = None
+            if size == 0:
+                problem = "zero-byte image file"
+            elif size > limits["max_image_bytes"]:
+                problem = f"file too large ({size:,} bytes > extract.max_image_bytes = {limits['max_image_bytes']:,})"
+            image_rows.append({
+                "image_id": dicom, "report_id": report_id, "position": position, "projection": projection,
+                "projection_source": "metadata", "width": _int_or_none(row.get("Columns")),
+                "height": _int_or_none(row.get("Rows")), "archive": None, "member": path, "problem": problem,
+                "size": size,
+            })
+    for study in sorted(set(by_study) - set(reports)):
+        skipped.add("study", NO_REPORT, id=study, detail=f"{len(by_study[study])} image(s) in the metadata", warn=False)
+    for reason in (VIEW_NOT_USED, NO_IMAGE_FILE, NO_REPORT, NOT_IN_METADATA):
+        skipped.summarise(reason)
+
+    reports_df = pd.DataFrame([reports[k] for k in sorted(reports)], columns=MIMIC_REPORT_COLUMNS)
+    images_df = pd.DataFrame(image_rows, columns=MIMIC_IMAGE_COLUMNS)
+    for column in ("width", "height"):
+        images_df[column] = images_df[column].astype("Int64")
+    images_df["position"] = images_df["position"].astype("int64")
+    images_df["size"] = images_df["size"].astype("int64")
+    images_df["archive"] = images_df["archive"].astype(object)
+    return reports_df, images_df
+
+
+LAYOUTS = {"nlmcxr": extract_nlmcxr, "kaggle": extract_kaggle, "r2gen": extract_r2gen, "mimic": extract_mimic}
 
 
 def extract(raw_dir: str | Path, settings: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame, Skipped, dict]:
@@ -409,7 +574,8 @@ def extract(raw_dir: str | Path, settings: dict | None = None) -> tuple[pd.DataF
     if layout not in LAYOUTS:
         raise BadInput(record_path, f"unknown layout {layout!r}; expected one of {sorted(LAYOUTS)}")
     skipped = Skipped()
-    reports, images = LAYOUTS[layout](raw_dir, record["files"], skipped, limits)
+    extra = {"origin": record.get("from")} if layout == "mimic" else {}
+    reports, images = LAYOUTS[layout](raw_dir, record["files"], skipped, limits, **extra)
     return reports, images, skipped, record
 
 

@@ -7,10 +7,16 @@ For each report: the target text (params `text.target`), cleaned (`text.scheme`)
 - vocab.json: built from the train split only;
 - dropped.parquet: every input left out, named, with its reason (extract's rows, then prepare's).
 Every input left out is counted with a named reason; too many bad inputs stop the stage.
+
+MIMIC-CXR (layout "mimic"): the JPEGs are read where they are, under download.local.path (extract's
+`member`), each checked against the size the download stage recorded (a file changed or gone since
+is BadInput: run the download stage again), never through a link out of that folder. The split is
+by patient (split.method random) or the collection's own (split.method official).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import tarfile
 from collections import Counter
@@ -21,13 +27,21 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from cxrgen.data.images import decode_png
+from cxrgen.data import mimic
+from cxrgen.data.images import decode_jpeg, decode_png
 from cxrgen.data.pairs import choose_views
-from cxrgen.data.split import SPLITS, split_r2gen, split_random
+from cxrgen.data.split import (
+    SPLITS,
+    patients_per_split,
+    split_official,
+    split_r2gen,
+    split_random,
+    split_random_grouped,
+)
 from cxrgen.data.text import clean, target_text, tokenize
 from cxrgen.data.vocab import Vocab, build_vocab
 from cxrgen.errors import BadInput, CxrgenError, Unusable
-from cxrgen.files import atomic_path
+from cxrgen.files import atomic_path, read_json
 from cxrgen.params import check_keys
 
 # The settings prepare reads, by section; any other key there is a typo and an error.
@@ -87,10 +101,50 @@ def _report_key(report_id: str) -> tuple[int, str]:
     return (int(digits), report_id) if digits.isdigit() else (sys.maxsize, report_id)
 
 
-def _decode_images(raw_dir: Path, images: pd.DataFrame, size: int, counts: Counts) -> dict[str, np.ndarray]:
-    """Decode the listed images, one sequential pass per archive (a .tgz has no random access)."""
+def _read_in_place(root: Path, member: str, expected: int) -> bytes:
+    """An image file under the user's folder, as the download stage found it; BadInput otherwise."""
+    path = root / member
+    real = path.resolve()
+    if not real.is_relative_to(root):
+        raise BadInput(path, f"is a link to {real}, outside the folder {root} (download.local.path): links out "
+                             "of the folder are not followed")
+    try:
+        f = os.fdopen(os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)), "rb")
+    except FileNotFoundError:
+        raise BadInput(path, "is gone since the download stage listed it: run `dvc repro --force download` "
+                             "(and what follows) to list the folder again") from None
+    except OSError as exc:
+        raise BadInput(path, f"cannot be read ({exc.strerror})") from None
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        if size != expected:
+            raise BadInput(path, f"is {size:,} bytes, but the download stage found {expected:,}: the folder changed "
+                                 "since; run `dvc repro --force download` (and what follows) to list it again")
+        return f.read()
+
+
+def _decode_in_place(root: Path, images: pd.DataFrame, size: int, counts: Counts) -> dict[str, np.ndarray]:
+    """Decode images that stay in the user's folder (MIMIC-CXR's JPEGs), in path order."""
     decoded: dict[str, np.ndarray] = {}
-    for archive, group in images.groupby("archive", sort=True):
+    rows = sorted(zip(images["member"], images["image_id"], images["size"]))
+    for member, image_id, expected in tqdm(rows, desc="decoding images in place", unit=" img", file=sys.stderr,
+                                           mininterval=2):
+        try:
+            decoded[image_id] = decode_jpeg(_read_in_place(root, member, int(expected)), size)
+        except Unusable as exc:
+            counts.drop(f"image: {exc.reason}", member, kind="image", id=image_id, file=member, detail=exc.detail)
+    return decoded
+
+
+def _decode_images(raw_dir: Path, images: pd.DataFrame, size: int, counts: Counts,
+                   local_path=None) -> dict[str, np.ndarray]:
+    """Decode the listed images, one sequential pass per archive (a .tgz has no random access); those
+    with no archive are read in place under download.local.path."""
+    decoded: dict[str, np.ndarray] = {}
+    in_place = images[images["archive"].isna()]
+    if not in_place.empty:
+        decoded.update(_decode_in_place(mimic.images_root(local_path), in_place, size, counts))
+    for archive, group in images[images["archive"].notna()].groupby("archive", sort=True):
         by_member = dict(zip(group["member"], group["image_id"]))
         bar = tqdm(total=len(by_member), desc=f"decoding {archive}", unit=" img", file=sys.stderr,
                    mininterval=2)
@@ -109,12 +163,30 @@ def _decode_images(raw_dir: Path, images: pd.DataFrame, size: int, counts: Count
     return decoded
 
 
-def assign_splits(report_ids: list[str], split_params: dict, counts: Counts) -> tuple[dict, dict]:
+def assign_splits(report_ids: list[str], split_params: dict, counts: Counts, groups: dict | None = None,
+                  official: dict | None = None, official_source: str | None = None) -> tuple[dict, dict]:
+    """groups: {report id: patient id} where the data names patients (the random split then keeps each
+    patient's studies together); official: {report id: split or None} where the collection ships its
+    split, read from `official_source` (named in errors)."""
     method = split_params.get("method", "random")
     if method == "random":
-        fractions = split_params.get("fractions")
-        assignment = split_random(report_ids, fractions, split_params.get("seed", 0))
-        return assignment, {"method": "random", "seed": split_params.get("seed", 0), "fractions": fractions}
+        fractions, seed = split_params.get("fractions"), split_params.get("seed", 0)
+        if groups:
+            assignment = split_random_grouped(report_ids, groups, fractions, seed)
+            return assignment, {"method": "random", "seed": seed, "fractions": fractions, "by": "patient",
+                                "patients": patients_per_split(assignment, groups)}
+        assignment = split_random(report_ids, fractions, seed)
+        return assignment, {"method": "random", "seed": seed, "fractions": fractions}
+    if method == "official":
+        if official is None:
+            raise BadInput("params.yaml", "split.method official needs a collection that ships its own split "
+                                          "(MIMIC-CXR's split table); this data has none: use random or r2gen")
+        assignment, info = split_official(report_ids, official, groups or {}, official_source or "the split table")
+        for report_id, split in assignment.items():
+            if split is None:
+                counts.drop("not in the official split", report_id, warn=False, kind="report", id=report_id)
+        counts.summarise("not in the official split")
+        return assignment, {"method": "official", **info}
     if method == "r2gen":
         annotation = split_params.get("annotation")
         if not annotation:
@@ -125,7 +197,14 @@ def assign_splits(report_ids: list[str], split_params: dict, counts: Counts) -> 
                 counts.drop("not in the R2Gen split", report_id, warn=False, kind="report", id=report_id)
         counts.summarise("not in the R2Gen split")
         return assignment, {"method": "r2gen", **info}
-    raise BadInput("params.yaml", f"split.method must be random or r2gen, not {method!r}")
+    raise BadInput("params.yaml", f"split.method must be random, r2gen or official, not {method!r}")
+
+
+def _split_file(raw_dir: Path, local_path) -> str:
+    """The user's split table, as errors name it (download.local.path / the file source.json records)."""
+    record = read_json(raw_dir / "source.json", "missing: run the download stage first")
+    name = (record.get("from") or {}).get("split") or mimic.SPLIT_TABLE
+    return str(Path(str(local_path)) / name) if local_path else name
 
 
 def _split_problem(problem: str) -> tuple[str, str | None]:
@@ -162,10 +241,11 @@ def prepare(reports: pd.DataFrame, images: pd.DataFrame, raw_dir: str | Path, pa
     usable = images[images["report_id"].isin(texts)]
     for row in usable[usable["problem"].notna()].itertuples(index=False):
         reason, detail = _split_problem(row.problem)
-        counts.drop(f"image: {reason}", f"{row.archive}:{row.member}", kind="image", id=row.image_id,
-                    file=f"{row.archive}:{row.member}", detail=detail)
+        where = f"{row.archive}:{row.member}" if isinstance(row.archive, str) else row.member
+        counts.drop(f"image: {reason}", where, kind="image", id=row.image_id, file=where, detail=detail)
     usable = usable[usable["problem"].isna()]
-    decoded = _decode_images(raw_dir, usable, int(image_p["size"]), counts)
+    local_path = ((params.get("download") or {}).get("local") or {}).get("path")
+    decoded = _decode_images(raw_dir, usable, int(image_p["size"]), counts, local_path)
     counts.steps["images_decoded"] = len(decoded)
 
     mesh = dict(zip(reports["report_id"], reports["mesh_major"]))
@@ -188,7 +268,15 @@ def prepare(reports: pd.DataFrame, images: pd.DataFrame, raw_dir: str | Path, pa
     counts.steps["studies_single_view_used_twice"] = sum(p.single_view for p in pairs.values())
     counts.steps["studies_with_more_than_two_images"] = sum(p.n_usable > 2 for p in pairs.values())
 
-    assignment, split_info = assign_splits(sorted(pairs, key=_report_key), split_p, counts)
+    groups = official = official_source = None
+    if "subject_id" in reports.columns:
+        groups = {r: str(s) for r, s in zip(reports["report_id"], reports["subject_id"]) if isinstance(s, str)}
+    if "official_split" in reports.columns:
+        official = {r: (s if isinstance(s, str) else None)
+                    for r, s in zip(reports["report_id"], reports["official_split"])}
+        official_source = _split_file(raw_dir, local_path)
+    assignment, split_info = assign_splits(sorted(pairs, key=_report_key), split_p, counts, groups, official,
+                                           official_source)
     rows = []
     for report_id, pair in pairs.items():
         split = assignment.get(report_id)

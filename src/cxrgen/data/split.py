@@ -1,7 +1,9 @@
 """Which split (train / val / test) each report belongs to.
 
-Splits are by report (study), never by image, so the views of one study never straddle splits.
-Two ways: a seeded random split, or the standard R2Gen split read from its annotation.json.
+Splits are by report (study), never by image, so the views of one study never straddle splits; where
+the data names each study's patient (MIMIC-CXR), by patient, so one patient's studies never straddle
+splits either. Three ways: a seeded random split, the standard R2Gen split read from its
+annotation.json, or the split a collection ships with (`official`: MIMIC-CXR's split table).
 """
 
 from __future__ import annotations
@@ -144,3 +146,72 @@ def split_r2gen(
         "annotation_ids_without_report_examples": missing_reports[:_EXAMPLES],
     }
     return assignment, info
+
+
+def split_random_grouped(
+    report_ids: Iterable[str], groups: Mapping[str, str], fractions: Mapping[str, float] | None = None,
+    seed: int = 0,
+) -> dict[str, str]:
+    """A seeded random split by group (patient): every report of a group lands in the same split.
+
+    Groups are shuffled by a hash of (seed, group) and taken in that order; a group goes to the split
+    whose share of the reports (exact sizes as `split_sizes`) its middle report falls in, so the
+    splits come as close to the fractions as whole groups allow. Independent of the input order.
+    """
+    fractions = validate_fractions(DEFAULT_FRACTIONS if fractions is None else fractions)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise BadInput(PARAMS_FILE, f"split seed must be an integer, got {seed!r}")
+    ids = _unique_sorted(report_ids)
+    members: dict[str, list[str]] = {}
+    for id_ in ids:
+        members.setdefault(str(groups[id_]), []).append(id_)
+    order = sorted(members, key=lambda group: (_shuffle_key(seed, group), group))
+    sizes = split_sizes(len(ids), fractions)
+    ends = [sum(sizes[name] for name in SPLITS[: i + 1]) for i in range(len(SPLITS))]
+    assignment, taken = {}, 0
+    for group in order:
+        middle = taken + len(members[group]) / 2
+        split = next((name for name, end in zip(SPLITS, ends) if middle < end), SPLITS[-1])
+        for id_ in members[group]:
+            assignment[id_] = split
+        taken += len(members[group])
+    return assignment
+
+
+def split_official(
+    report_ids: Iterable[str], official: Mapping[str, str | None], groups: Mapping[str, str], source: str | Path,
+) -> tuple[dict[str, str | None], dict]:
+    """The split the collection ships with ({report id: train | val | test, or None where it lists
+    none}), checked: one patient (groups) in two splits is BadInput naming `source`, the split file.
+    """
+    ids = _unique_sorted(report_ids)
+    assignment = {id_: official.get(id_) for id_ in ids}
+    for id_, split in assignment.items():
+        if split is not None and split not in SPLITS:
+            raise BadInput(source, f"report {id_}: split {split!r} is not one of {list(SPLITS)}")
+    seen: dict[str, tuple[str, str]] = {}
+    for id_ in ids:
+        split = assignment[id_]
+        if split is None:
+            continue
+        group = str(groups[id_])
+        first = seen.setdefault(group, (split, id_))
+        if first[0] != split:
+            raise BadInput(source, (
+                f"patient {group} is in two splits: {first[1]} in '{first[0]}', {id_} in '{split}'; a patient's "
+                "studies must all be in one split (train on one study, test on another of the same patient "
+                "would overstate every score)"))
+    not_listed = [id_ for id_ in ids if assignment[id_] is None]
+    counts = Counter(split for split in assignment.values() if split is not None)
+    info = {
+        "split_file": Path(str(source)).name,
+        "reports": {name: counts.get(name, 0) for name in SPLITS},
+        "patients": patients_per_split(assignment, groups),
+        "not_in_official_split": len(not_listed),
+        "not_in_official_split_examples": not_listed[:_EXAMPLES],
+    }
+    return assignment, info
+
+
+def patients_per_split(assignment: Mapping[str, str | None], groups: Mapping[str, str]) -> dict[str, int]:
+    return {name: len({groups[id_] for id_, split in assignment.items() if split == name}) for name in SPLITS}

@@ -196,3 +196,11 @@ def test_official_split_with_a_patient_in_two_splits_names_the_file():
     with pytest.raises(BadInput, match=r"^/data/mimic-cxr-2.0.0-split.csv.gz: patient p1 is in two splits: "
                                        r"s1 in 'train', s2 in 'test'"):
         split_official(official, official, {"s1": "p1", "s2": "p1"}, "/data/mimic-cxr-2.0.0-split.csv.gz")
+
+
+def test_reports_without_a_patient_id_are_their_own_group():
+    groups = {"s1": "p1", "s2": "p1"}   # s3, s4 have no patient id
+    assignment = split_random_grouped(["s1", "s2", "s3", "s4"], groups, seed=0)
+    assert set(assignment) == {"s1", "s2", "s3", "s4"} and assignment["s1"] == assignment["s2"]
+    official, info = split_official(["s1", "s3"], {"s1": "train", "s3": "test"}, groups, "split.csv")
+    assert official == {"s1": "train", "s3": "test"} and info["patients"] == {"train": 1, "val": 0, "test": 1}

@@ -112,14 +112,14 @@ def _read_in_place(root: Path, member: str, expected: int) -> bytes:
         f = os.fdopen(os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)), "rb")
     except FileNotFoundError:
         raise BadInput(path, "is gone since the download stage listed it: run `dvc repro --force download` "
-                             "(and what follows) to list the folder again") from None
+                             "to list the folder again, then `dvc repro`") from None
     except OSError as exc:
         raise BadInput(path, f"cannot be read ({exc.strerror})") from None
     with f:
         size = os.fstat(f.fileno()).st_size
         if size != expected:
             raise BadInput(path, f"is {size:,} bytes, but the download stage found {expected:,}: the folder changed "
-                                 "since; run `dvc repro --force download` (and what follows) to list it again")
+                                 "since; run `dvc repro --force download` to list it again, then `dvc repro`")
         return f.read()
 
 

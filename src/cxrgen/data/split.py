@@ -163,8 +163,8 @@ def split_random_grouped(
         raise BadInput(PARAMS_FILE, f"split seed must be an integer, got {seed!r}")
     ids = _unique_sorted(report_ids)
     members: dict[str, list[str]] = {}
-    for id_ in ids:
-        members.setdefault(str(groups[id_]), []).append(id_)
+    for id_ in ids:   # a report without a patient id is its own group
+        members.setdefault(str(groups.get(id_, f"\0{id_}")), []).append(id_)
     order = sorted(members, key=lambda group: (_shuffle_key(seed, group), group))
     sizes = split_sizes(len(ids), fractions)
     ends = [sum(sizes[name] for name in SPLITS[: i + 1]) for i in range(len(SPLITS))]
@@ -194,7 +194,7 @@ def split_official(
         split = assignment[id_]
         if split is None:
             continue
-        group = str(groups[id_])
+        group = str(groups.get(id_, id_))   # a report without a patient id is its own group
         first = seen.setdefault(group, (split, id_))
         if first[0] != split:
             raise BadInput(source, (
@@ -214,4 +214,5 @@ def split_official(
 
 
 def patients_per_split(assignment: Mapping[str, str | None], groups: Mapping[str, str]) -> dict[str, int]:
-    return {name: len({groups[id_] for id_, split in assignment.items() if split == name}) for name in SPLITS}
+    return {name: len({groups.get(id_, id_) for id_, split in assignment.items() if split == name})
+            for name in SPLITS}

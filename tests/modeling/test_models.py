@@ -366,3 +366,27 @@ def test_attention_over_finding_evidence_sees_where_the_evidence_is():
     head.kernel.assign(tf.zeros_like(head.kernel))
     changed = {**inputs, "features": inputs["features"] * 2 + 1}
     np.testing.assert_allclose(model(changed).numpy(), model(inputs).numpy(), atol=1e-6)
+
+
+def test_region_evidence_without_whitening_every_region_gives_the_same_scores():
+    """The attention model scores regions as (x - mean) @ (whitening @ kernel): whitening each of
+    the 98 regions first (F x F apiece) must give the same scores, and the same model outputs."""
+    rng = np.random.default_rng(5)
+    model = tiny("attention", finding_weight=1.0, region_input="findings", finding_folds=3)
+    common = rng.normal(size=(80, 2, 49, 1))
+    model.set_feature_statistics((0.02 + 0.003 * (2.0 * common + 0.3 * rng.normal(size=(80, 2, 49, FEATURE_DIM))))
+                                 .astype(np.float32))
+    head = model.finding_classifier
+    head.kernel.assign(tf.random.normal(head.kernel.shape, seed=2))
+    head.bias.assign(tf.random.normal(head.bias.shape, seed=3))
+    features = (0.02 + 0.01 * rng.normal(size=(4, 2, 49, FEATURE_DIM))).astype(np.float16)
+    folded = model.raw_view_scores(features).numpy()
+    per_region = model.view_scores(model.whiten(features)).numpy()
+    assert folded.shape == (4, 2, 49, 3, len(OBSERVATIONS))
+    assert np.abs(per_region).max() > 1.0                       # scores that could differ
+    np.testing.assert_allclose(folded, per_region, rtol=1e-4, atol=1e-4)
+    # The pooled path: the whitened mean region is the mean of the whitened regions.
+    pooled = model.view_scores(model.whiten(features).numpy().mean(axis=2))
+    study_logits = pooled.numpy().sum(axis=1).mean(axis=1)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(model.finding_probabilities(features)),
+                               tf.sigmoid(study_logits).numpy(), atol=1e-5)

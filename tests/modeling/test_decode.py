@@ -28,6 +28,7 @@ from cxrgen.modeling.decode import (  # noqa: E402
     consensus_scores,
     findings_agreement,
     ngram_overlap,
+    overlap_matrix,
     greedy,
     length_factors,
     ngram_bans,
@@ -400,3 +401,13 @@ def test_choose_by_findings_needs_a_finding_head_and_sane_settings(trained, data
     for bad in ({"rerank_samples": -1}, {"rerank_temperature": 0}, {"rerank_seed": 1.5}):
         with pytest.raises(BadInput, match="decode.rerank"):
             DecodeSettings(**bad)
+
+
+def test_the_overlap_matrix_is_ngram_overlap_pair_by_pair():
+    rng = np.random.default_rng(0)
+    vocabulary = "the lungs are clear heart is normal enlarged no effusion . size".split()
+    texts = [" ".join(rng.choice(vocabulary, rng.integers(0, 12))) for _ in range(20)] + ["", "the", "the the the"]
+    matrix = overlap_matrix(texts[:7], texts)
+    for i, a in enumerate(texts[:7]):
+        for j, b in enumerate(texts):
+            assert matrix[i, j] == ngram_overlap(a, b)         # the very same number, not just close

@@ -14,6 +14,10 @@ input pipeline hides behind the network). The result goes into metrics/speed.jso
 "features"; other keys are kept.
 
     python benchmarks/speed_features.py [--prepared data/prepared] [--max-studies 32] [--repeats 5]
+
+It also times the stage with each runtime of params `features.runtime` (TensorFlow, OpenVINO when
+installed), interleaved the same way, and checks that their features agree within 1e-3 relative
+(largest difference over the largest value); that goes under "features_runtimes".
 """
 
 import os
@@ -36,6 +40,7 @@ from cxrgen.features.densenet import (  # noqa: E402
     FeatureExtractor,
     load_images,
     load_network,
+    openvino_available,
     resolve_weights,
 )
 from cxrgen.params import load_params  # noqa: E402
@@ -96,7 +101,8 @@ def main() -> None:
     batch_size = args.batch_size or int(cfg.get("batch_size", 16))
     choice = resolve_weights(cfg, args.params)
     images = load_studies(Path(args.prepared), args.max_studies)
-    extractor = FeatureExtractor(load_network(choice, image_size, int(cfg.get("seed", 0))), batch_size)
+    network = load_network(choice, image_size, int(cfg.get("seed", 0)))
+    extractor = FeatureExtractor(network, batch_size, runtime="tensorflow")
 
     device = "/GPU:0" if tf.config.list_physical_devices("GPU") else "/CPU:0"
     with tf.device(device):     # the bare network's input is already where it computes
@@ -142,6 +148,36 @@ def main() -> None:
     record_speed(out, "features", result)
     print(f"features: stage {stage_rate:.1f} img/s, bare network {network_rate:.1f} img/s, "
           f"ratio {stage_rate / network_rate:.3f} (target {TARGET_RATIO}) on {device}; written to {out}")
+    compare_runtimes(network, batch_size, images, args.repeats, out, {k: result[k] for k in ("machine", "data", "weights", "image_size")})
+
+
+def compare_runtimes(network, batch_size: int, images: np.ndarray, repeats: int, out: Path, about: dict) -> None:
+    """Stage throughput per runtime (median of interleaved repeats) and the features' agreement."""
+    runtimes = ["tensorflow"] + (["openvino"] if openvino_available() else [])
+    extractors = {name: FeatureExtractor(network, batch_size, runtime=name) for name in runtimes}
+    features = {name: extractor.extract(images, desc=f"warm-up {name}") for name, extractor in extractors.items()}
+    seconds = {name: [] for name in runtimes}
+    for round_ in range(repeats):
+        for name in (runtimes if round_ % 2 == 0 else runtimes[::-1]):
+            seconds[name].append(time_stage(extractors[name], images))
+    n_images = 2 * len(images)
+    result = {**about, "images": n_images, "batch_size": batch_size, "repeats": repeats, "statistic": "median",
+              "runtimes": {}}
+    for name in runtimes:
+        entry = {"runtime": extractors[name].describe_runtime(),
+                 "stage_images_per_s": round(n_images / float(np.median(seconds[name])), 2),
+                 "stage_seconds": [round(t, 3) for t in seconds[name]]}
+        if name != "tensorflow":
+            entry["max_relative_difference"] = {
+                key: float(np.abs(a.astype(np.float32) - b.astype(np.float32)).max() / np.abs(a.astype(np.float32)).max())
+                for key, a, b in zip(("spatial", "pooled"), features["tensorflow"], features[name])}
+            entry["agrees_within_1e-3"] = all(v <= 1e-3 for v in entry["max_relative_difference"].values())
+            entry["speedup_over_tensorflow"] = round(entry["stage_images_per_s"]
+                                                     / result["runtimes"]["tensorflow"]["stage_images_per_s"], 2)
+        result["runtimes"][name] = entry
+    record_speed(out, "features_runtimes", result)
+    print("features by runtime: " + ", ".join(f"{name} {entry['stage_images_per_s']} img/s"
+                                              for name, entry in result["runtimes"].items()))
 
 
 if __name__ == "__main__":

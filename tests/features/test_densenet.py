@@ -248,6 +248,7 @@ def test_outputs_shapes_dtypes_and_description(two_runs, prepared):
     assert description["counts"] == {"train": 4, "val": 1, "test": 0}
     assert description["image_size"] == STAGE_SIZE and description["grid"] == [2, 2]
     assert description["seed"] == 0 and description["data_source"] == "synthetic"
+    assert description["runtime"].startswith(("openvino ", "tensorflow "))   # features.runtime: auto
     assert description["device"]["device"] in ("CPU", "GPU") and description["device"]["tensorflow"]
 
     with np.load(out / "features_train.npz", allow_pickle=False) as data:
@@ -281,3 +282,38 @@ def test_stage_reports_a_bad_weight_file_in_one_line(project_root, python_exe, p
     assert last == (f"features: error: {bad}: layer count mismatch: {CHEXNET} has 242 layers with weights, "
                     "the file has 1")
     assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# The OpenVINO runtime: the same features as TensorFlow's
+
+
+def needs_openvino():
+    if not densenet.openvino_available():
+        if os.environ.get("CI"):
+            pytest.fail("openvino is not installed (bin/setup installs it on x86_64; required under CI)")
+        pytest.skip("openvino is not installed (bin/setup installs it on x86_64)")
+
+
+def test_openvino_gives_tensorflows_features():
+    needs_openvino()
+    network = densenet.load_network(densenet.WeightChoice("random"), STAGE_SIZE, seed=0)
+    images = np.random.default_rng(4).integers(0, 256, (3, 2, STAGE_SIZE, STAGE_SIZE), dtype=np.uint8)
+    with_tf = densenet.FeatureExtractor(network, batch_size=2, runtime="tensorflow")
+    with_ov = densenet.FeatureExtractor(network, batch_size=2, runtime="openvino")
+    assert (with_tf.runtime, with_ov.runtime) == ("tensorflow", "openvino")
+    assert with_ov.describe_runtime().startswith("openvino ") and "float32" in with_ov.describe_runtime()
+    for a, b in zip(with_tf.extract(images), with_ov.extract(images)):
+        assert a.shape == b.shape and a.dtype == b.dtype == np.float16
+        a, b = a.astype(np.float32), b.astype(np.float32)
+        # Within 1e-3 relative (float16 storage alone rounds at ~5e-4), and not merely close in bulk.
+        assert np.abs(a - b).max() <= 1e-3 * np.abs(a).max()
+        assert np.abs(a - b).mean() <= 1e-4 * np.abs(a).mean() + 1e-8
+
+
+def test_runtime_choice():
+    assert densenet.choose_runtime("tensorflow") == "tensorflow"
+    expected = "openvino" if densenet.openvino_available() else "tensorflow"
+    assert densenet.choose_runtime("auto") == expected    # this machine has no GPU
+    with pytest.raises(BadInput, match="features.runtime must be one of"):
+        densenet.choose_runtime("onnx")

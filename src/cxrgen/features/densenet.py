@@ -51,7 +51,12 @@ HEAD_LAYER = "predictions"    # CheXNet-Keras' name for its Dense(14)
 SPATIAL_LAYER = "relu"        # DenseNet121's final BN + ReLU, just before the average pooling
 POOLED_LAYER = "avg_pool"
 WEIGHT_CHOICES = ("random", "imagenet", "<path to CheXNet best_weights.h5>")
-FEATURES_KEYS = ("weights", "imagenet_path", "batch_size", "seed")
+FEATURES_KEYS = ("weights", "imagenet_path", "batch_size", "seed", "runtime")
+# What runs the network: TensorFlow, or OpenVINO's CPU runtime on the same Keras model, converted
+# (float32 throughout: outputs agree with TensorFlow's to ~1e-6 relative, 3-4x faster on a 2-core
+# CPU, see metrics/speed.json "features"). auto: OpenVINO where it is installed and no GPU is
+# visible to TensorFlow, else TensorFlow.
+RUNTIMES = ("auto", "tensorflow", "openvino")
 # A fixed zip timestamp: np.savez stamps the current time, which would make outputs differ per run.
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 PREPROCESS_THREADS = max(1, min(8, os.cpu_count() or 1))
@@ -264,6 +269,24 @@ def load_network(choice: WeightChoice, image_size: int, seed: int = 0) -> keras.
     return network
 
 
+def openvino_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
+
+
+def choose_runtime(requested: str) -> str:
+    """tensorflow | openvino for params `features.runtime` (see RUNTIMES)."""
+    if requested not in RUNTIMES:
+        raise BadInput("params.yaml", f"features.runtime must be one of {RUNTIMES}, not {requested!r}")
+    if requested == "auto":
+        return "openvino" if openvino_available() and not tf.config.list_logical_devices("GPU") else "tensorflow"
+    if requested == "openvino" and not openvino_available():
+        raise BadInput("params.yaml", "features.runtime is openvino, but the openvino package is not installed "
+                                      "(bin/setup installs it on x86_64; or set features.runtime: tensorflow)")
+    return requested
+
+
 def preprocess(gray: tf.Tensor) -> tf.Tensor:
     """uint8 (batch, S, S) → float32 (batch, S, S, 3): [0, 1], then ImageNet mean/std per channel."""
     x = tf.cast(gray, tf.float32) / 255.0
@@ -280,9 +303,10 @@ def check_images(images: np.ndarray, source: str | Path, size: int) -> None:
 class FeatureExtractor:
     """Runs prepared (studies, 2, S, S) uint8 arrays through the network, batch by batch."""
 
-    def __init__(self, network: keras.Model, batch_size: int = 16):
+    def __init__(self, network: keras.Model, batch_size: int = 16, runtime: str = "tensorflow"):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise BadInput("params.yaml", f"features.batch_size must be a positive integer, not {batch_size!r}")
+        self.runtime = choose_runtime(runtime)
         self.image_size = int(network.input_shape[1])
         self.batch_size = batch_size
         self.model = keras.Model(network.input, [network.get_layer(SPATIAL_LAYER).output,
@@ -290,14 +314,43 @@ class FeatureExtractor:
         _, height, width, self.channels = self.model.outputs[0].shape
         self.grid = (int(height), int(width))
         self.positions = self.grid[0] * self.grid[1]
-        # One trace for every batch size (the last batch is smaller).
-        self.forward = tf.function(self._forward, input_signature=[
-            tf.TensorSpec((None, self.image_size, self.image_size, 3), tf.float32)])
+        if self.runtime == "openvino":
+            self.forward = self._openvino_forward()
+        else:
+            # One trace for every batch size (the last batch is smaller).
+            self.forward = tf.function(self._forward, input_signature=[
+                tf.TensorSpec((None, self.image_size, self.image_size, 3), tf.float32)])
 
     def _forward(self, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         spatial, pooled = self.model(x, training=False)
         spatial = tf.reshape(spatial, (-1, self.positions, self.channels))
         return tf.cast(spatial, tf.float16), tf.cast(pooled, tf.float16)
+
+    def _openvino_forward(self):
+        """The same Keras model converted to OpenVINO and compiled for the CPU in float32 (its
+        default there may be bfloat16, which would move the features by ~0.5 %)."""
+        import openvino
+
+        spec = tf.TensorSpec((None, self.image_size, self.image_size, 3), tf.float32)
+        network = tf.function(lambda x: self.model(x, training=False)).get_concrete_function(spec)
+        converted = openvino.convert_model(network)
+        compiled = openvino.Core().compile_model(converted, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
+                                                                    "PERFORMANCE_HINT": "LATENCY"})
+        spatial_port, pooled_port = compiled.outputs
+
+        def forward(x) -> tuple[np.ndarray, np.ndarray]:
+            out = compiled(np.asarray(x, np.float32))
+            spatial = out[spatial_port].reshape(-1, self.positions, self.channels)
+            return spatial.astype(np.float16), out[pooled_port].astype(np.float16)
+
+        return forward
+
+    def describe_runtime(self) -> str:
+        if self.runtime == "openvino":
+            import openvino
+
+            return f"openvino {openvino.__version__.split('-')[0]} (CPU, float32)"
+        return f"tensorflow {tf.__version__}"
 
     def dataset(self, images: np.ndarray) -> tf.data.Dataset:
         """Preprocessed batches, images in study order, frontal then lateral, prepared in parallel.
@@ -329,7 +382,7 @@ class FeatureExtractor:
         with tqdm(total=n_images, desc=desc, unit=" img", file=sys.stderr, mininterval=2,
                   disable=n_images == 0) as bar:
             for batch in self.dataset(images) if n_images else ():
-                batch_spatial, batch_pooled = (t.numpy() for t in self.forward(batch))
+                batch_spatial, batch_pooled = (np.asarray(t) for t in self.forward(batch))
                 if not (np.isfinite(batch_spatial).all() and np.isfinite(batch_pooled).all()):
                     raise CxrgenError(f"{desc}: features overflow float16 (are the weights right?)")
                 count = len(batch_spatial)
@@ -384,7 +437,8 @@ def run_features(prepared_dir: str | Path, out_dir: str | Path, params: dict, sp
     images = {split: load_images(prepared_dir / f"images_{split}.npy") for split in splits}
     for split, array in images.items():
         check_images(array, prepared_dir / f"images_{split}.npy", image_size)
-    extractor = FeatureExtractor(load_network(choice, image_size, seed), cfg.get("batch_size", 16))
+    extractor = FeatureExtractor(load_network(choice, image_size, seed), cfg.get("batch_size", 16),
+                                 cfg.get("runtime", "auto"))
 
     for split, array in images.items():
         spatial, pooled = extractor.extract(array, desc=f"features {split}")
@@ -399,6 +453,7 @@ def run_features(prepared_dir: str | Path, out_dir: str | Path, params: dict, sp
         "image_size": image_size,
         "grid": list(extractor.grid),
         "batch_size": extractor.batch_size,
+        "runtime": extractor.describe_runtime(),
         "dtype": "float16",
         "network": "DenseNet121 (keras.applications), final BN+ReLU map and its global average",
         "preprocessing": "gray repeated to RGB, /255, ImageNet mean/std per channel",

@@ -364,20 +364,32 @@ def sample(model: ReportGenerator, features, n: int, temperature: float, max_len
         context, states = _encode_copies(model, batch, n)
         rows = len(batch) * n
         generators = [np.random.default_rng((seed, start + i)) for i in range(len(batch))]
+        # live: the rows the decoder still runs, in order; a finished row (its <end> written) is
+        # dropped from the tensors once a quarter of them are finished, so the long tail of a few
+        # long samples does not run every row to max_len. Every study draws its noise for all of
+        # its rows at every step, as before, so the draws do not depend on which rows still run.
+        live = np.arange(rows)
         last, done = np.full(rows, START_ID, np.int32), np.zeros(rows, bool)
         tokens = np.full((rows, steps), PAD_ID, np.int32)
         for t in range(steps):
-            log_probs, states, _ = step(tf.constant(last), states, context)
+            log_probs, states, _ = step(tf.constant(last[live]), states, context)
             log_probs = log_probs.numpy()
             log_probs[:, list(NEVER_GENERATED)] = -np.inf
             noise = np.concatenate([g.gumbel(size=(n, log_probs.shape[1])) for g in generators])
-            token = np.argmax(log_probs / temperature + noise, axis=1).astype(np.int32)
+            token = np.full(rows, PAD_ID, np.int32)
+            token[live] = np.argmax(log_probs / temperature + noise[live], axis=1)
             token[done] = PAD_ID
             tokens[:, t] = token
             done |= token == END_ID
             last = token
             if done.all():
                 break
+            if np.count_nonzero(done[live]) * 4 >= len(live):
+                keep = np.flatnonzero(~done[live])
+                live = live[keep]
+                keep = tf.constant(keep)
+                states = [tf.gather(part, keep) for part in states]
+                context = tuple(tf.gather(part, keep) for part in context)
         out[start:start + len(batch)] = tokens.reshape(len(batch), n, steps)
     return out
 

@@ -268,6 +268,43 @@ def test_cross_fitting_folds_are_equal_shares_fixed_by_the_seed():
         make_dataset(features, tokens, 2, folds=folds)
 
 
+def test_length_grouped_batches_see_every_study_once_with_less_padding():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 40, 200)
+    tokens = np.zeros((200, 41), np.int32)
+    for i, n in enumerate(lengths):
+        tokens[i, :n] = np.arange(1, n + 1) % 50 + 1       # <pad> (0) only after the words
+    features = np.arange(200, dtype=np.float16)[:, None, None] * np.ones((1, 2, 3), np.float16)
+    findings = np.arange(200, dtype=np.float32)[:, None]
+
+    def epochs(grouping, seed=0, n=2):
+        dataset = make_dataset(features, tokens, 8, shuffle=True, seed=seed, findings=findings,
+                               length_grouping=grouping)
+        return [[(x["findings"].numpy()[:, 0].astype(int).tolist(), x["tokens"].shape[1]) for x, _ in dataset]
+                for _ in range(n)]
+
+    grouped, plain = epochs(4), epochs(0)
+    for epoch in grouped:   # every study exactly once per epoch, features and labels together
+        studies = [i for ids, _ in epoch for i in ids]
+        assert sorted(studies) == list(range(200))
+    first, second = ([i for ids, _ in epoch for i in ids] for epoch in grouped)
+    assert first != second                                   # a new order every epoch
+    assert grouped == epochs(4)                              # the same order for the same seed
+    assert grouped != epochs(4, seed=1)
+
+    def steps(epoch):
+        return sum(width for _, width in epoch)
+
+    # Fewer decoder steps in all: each batch runs to its own longest report.
+    assert steps(grouped[0]) < 0.8 * steps(plain[0])
+    for ids, width in grouped[0]:
+        assert width == lengths[ids].max() - 1              # trimmed to the batch's longest report
+    # The features stay with their study through the sorting.
+    for x, _ in make_dataset(features, tokens, 8, shuffle=True, findings=findings, length_grouping=4):
+        np.testing.assert_array_equal(x["features"].numpy()[:, 0, 0], x["findings"].numpy()[:, 0])
+        break
+
+
 def test_settings_are_checked():
     assert train_settings({})["strategy"] == "none"
     with pytest.raises(BadInput, match="unknown keys"):
@@ -276,6 +313,8 @@ def test_settings_are_checked():
         train_settings({"train": {"strategy": "tpu"}})
     with pytest.raises(BadInput, match="epochs"):
         train_settings({"train": {"epochs": 0}})
+    with pytest.raises(BadInput, match="length_grouping"):
+        train_settings({"train": {"length_grouping": -1}})
 
 
 def test_misaligned_or_missing_features_are_refused(dataset, tmp_path):

@@ -1,0 +1,145 @@
+"""Seconds per stage of the IU-size synthetic run, at a given commit: the speed-up's before and after.
+
+    bin/python benchmarks/stage_times.py --label before --rev <commit>
+    bin/python benchmarks/stage_times.py --label after            # this checkout's HEAD
+
+Each run clones the commit into a scratch folder (its own empty DVC cache, nothing reused), sets
+the IU-size synthetic collection (download.sources=[synthetic], download.synthetic.n_reports=3955;
+every other setting is that commit's params.yaml) and runs the stages one by one in dvc.yaml's
+order (`dvc repro --single-item`), timing each. It records under metrics/speed.json "stages"
+the commit, the machine, the seconds per stage and in all, and what the run produced beside them
+(each model's val loss, best epoch, abnormal-finding F1 and BLEU-4), so that a faster run can be
+checked to train the same models. With both labels present it adds "after_over_before".
+
+Run the two labels one after the other on an otherwise idle machine: the stages use every core.
+The commit's code runs with this environment's Python (bin/python, CXRGEN_VENV); a commit whose
+dependencies differ needs its own environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from cxrgen.benchmark import describe_machine, record_speed
+
+ROOT = Path(__file__).resolve().parents[1]
+OVERRIDES = {"download.sources": "[synthetic]", "download.synthetic.n_reports": "3955"}
+MODELS = ("baseline", "attention")
+
+
+def run(command: list[str], cwd: Path, env: dict | None = None) -> None:
+    result = subprocess.run(command, cwd=cwd, env=env)
+    if result.returncode != 0:
+        raise SystemExit(f"stage_times: {' '.join(command)} failed in {cwd} (exit {result.returncode})")
+
+
+def output(command: list[str], cwd: Path) -> str:
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=True).stdout
+
+
+def dvc() -> str:
+    here = Path(sys.executable).with_name("dvc")
+    return str(here) if here.exists() else "dvc"
+
+
+def stage_names(project: Path) -> list[str]:
+    """dvc.yaml's stages in file order (foreach stages expanded), which is the pipeline's order."""
+    names = output([dvc(), "stage", "list", "--name-only"], project).split()
+    if not names:
+        raise SystemExit(f"stage_times: no stages in {project}/dvc.yaml")
+    return names
+
+
+def set_params(project: Path, overrides: dict[str, str]) -> None:
+    import yaml
+
+    path = project / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for dotted, value in overrides.items():
+        *parents, key = dotted.split(".")
+        node = params
+        for parent in parents:
+            node = node[parent]
+        node[key] = yaml.safe_load(value)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def results(project: Path) -> dict:
+    """What the run produced, to check that a faster run trained the same models."""
+    produced = {}
+    for model in MODELS:
+        train = json.loads((project / f"metrics/train_{model}.json").read_text())
+        scores = json.loads((project / f"metrics/{model}.json").read_text())
+        produced[model] = {
+            "val_loss": train.get("val_loss"),
+            "val_loss_blank_images": train.get("val_loss_blank_images"),
+            "best_epoch": train.get("best_epoch"),
+            "epochs_run": train.get("epochs_run"),
+            "abnormal_f1": scores.get("f1_abnormal"),
+            "bleu4": scores.get("bleu_4"),
+        }
+    return produced
+
+
+def time_stages(rev: str, keep: Path | None, overrides: dict[str, str]) -> dict:
+    scratch = Path(tempfile.mkdtemp(prefix="stage-times-"))
+    project = scratch / "project"
+    try:
+        run(["git", "clone", "--quiet", "--no-hardlinks", str(ROOT), str(project)], scratch)
+        run(["git", "checkout", "--quiet", rev], project)
+        commit = output(["git", "rev-parse", "HEAD"], project).strip()
+        set_params(project, overrides)
+        env = {**os.environ, "CXRGEN_VENV": os.environ.get("CXRGEN_VENV", str(Path(sys.executable).parents[1]))}
+        seconds: dict[str, float] = {}
+        for name in stage_names(project):
+            print(f"stage_times: {name} ...", file=sys.stderr, flush=True)
+            start = time.monotonic()
+            run([dvc(), "repro", "--single-item", "--no-run-cache", name], project, env)
+            seconds[name] = round(time.monotonic() - start, 1)
+            print(f"stage_times: {name} {seconds[name]} s", file=sys.stderr, flush=True)
+        record = {
+            "commit": commit,
+            "overrides": overrides,
+            "seconds": seconds,
+            "total_seconds": round(sum(seconds.values()), 1),
+            "produced": results(project),
+            "machine": describe_machine(),
+        }
+        if keep:
+            shutil.copytree(project / "metrics", keep, dirs_exist_ok=True)
+        return record
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--label", required=True, help="before | after (or any name)")
+    parser.add_argument("--rev", default="HEAD", help="the commit to time (default: HEAD)")
+    parser.add_argument("--out", default=str(ROOT / "metrics/speed.json"))
+    parser.add_argument("--keep-metrics", type=Path, help="copy the run's metrics/ folder here")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="another params override (a quick trial of this script; not the benchmark)")
+    args = parser.parse_args()
+    overrides = {**OVERRIDES, **dict(item.split("=", 1) for item in args.set)}
+    record = time_stages(args.rev, args.keep_metrics, overrides)
+    out = Path(args.out)
+    stages = json.loads(out.read_text()).get("stages", {}) if out.is_file() else {}
+    stages[args.label] = record
+    if "before" in stages and "after" in stages:
+        stages["after_over_before"] = round(stages["after"]["total_seconds"] / stages["before"]["total_seconds"], 3)
+    record_speed(out, "stages", stages)
+    print(json.dumps({args.label: record["seconds"], "total_seconds": record["total_seconds"]}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -192,11 +192,9 @@ def test_loss_is_the_mean_over_real_tokens_and_ignores_padding():
     changed = logits.copy()
     changed[~real] = rng.normal(size=(int((~real).sum()), VOCAB)) * 10
     assert float(loss(targets, changed)) == pytest.approx(expected, rel=1e-5)
-    # With a fixed divisor (length-grouped batches): the same token sum over rows x tokens_per_row.
-    fixed = MaskedTokenLoss(tokens_per_row=4.0)
-    assert float(fixed(targets, logits)) == pytest.approx(-picked[real].sum() / (2 * 4.0), rel=1e-5)
-    assert float(fixed(targets, changed)) == pytest.approx(-picked[real].sum() / (2 * 4.0), rel=1e-5)
-    assert MaskedTokenLoss.from_config(fixed.get_config()).tokens_per_row == 4.0
+    # Equal sample weights (length-grouped training batches) scale the batch's token mean.
+    assert float(loss(targets, logits, sample_weight=np.full(2, 1.5, np.float32))) == pytest.approx(
+        1.5 * expected, rel=1e-5)
 
 
 @pytest.mark.parametrize("name", ["baseline", "attention"])

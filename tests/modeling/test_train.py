@@ -280,7 +280,7 @@ def test_length_grouped_batches_see_every_study_once_with_less_padding():
     def epochs(grouping, seed=0, n=2):
         dataset = make_dataset(features, tokens, 8, shuffle=True, seed=seed, findings=findings,
                                length_grouping=grouping)
-        return [[(x["findings"].numpy()[:, 0].astype(int).tolist(), x["tokens"].shape[1]) for x, _ in dataset]
+        return [[(x["findings"].numpy()[:, 0].astype(int).tolist(), x["tokens"].shape[1]) for x, *_ in dataset]
                 for _ in range(n)]
 
     grouped, plain = epochs(4), epochs(0)
@@ -300,9 +300,18 @@ def test_length_grouped_batches_see_every_study_once_with_less_padding():
     for ids, width in grouped[0]:
         assert width == lengths[ids].max() - 1              # trimmed to the batch's longest report
     # The features stay with their study through the sorting.
-    for x, _ in make_dataset(features, tokens, 8, shuffle=True, findings=findings, length_grouping=4):
+    batches = list(make_dataset(features, tokens, 8, shuffle=True, findings=findings, length_grouping=4))
+    for x, _, _ in batches:
         np.testing.assert_array_equal(x["features"].numpy()[:, 0, 0], x["findings"].numpy()[:, 0])
-        break
+    # Each batch's loss weighs its real tokens against the split's mean, so that over the epoch
+    # every token counts the same: the weights are equal within a batch, and tokens x 1 / mean.
+    mean = (lengths - 1).mean()
+    for _, targets, weights in batches:
+        weights = weights.numpy()
+        assert np.all(weights == weights[0])
+        assert weights[0] == pytest.approx((targets.numpy() != PAD_ID).sum() / (len(weights) * mean), rel=1e-5)
+    total = sum(w.numpy()[0] * len(w) for _, _, w in batches)
+    assert total == pytest.approx(len(lengths), rel=1e-5)   # sums to one weight per study
 
 
 def test_settings_are_checked():

@@ -502,20 +502,13 @@ class MaskedTokenLoss(keras.losses.Loss):
 
     Keras's own reduction would divide by all positions, padding included, so a batch of short
     reports would look better than a batch of long ones; this divides by the real tokens only.
-    (Under a distribution strategy Keras averages the replicas' values.)
-
-    tokens_per_row: divide by rows x this fixed number instead (the training split's mean real
-    tokens per report). Batches grouped by length hold ~20 tokens a row, or ~55: divided by their
-    own count, a short batch's tokens would weigh ~3x a long batch's, and the model would learn the
-    short (normal) reports more than the val loss, a mean over tokens, asks for. With a fixed
-    divisor every token of the epoch weighs the same, as in random batches.
+    (Under a distribution strategy Keras averages the replicas' values.) Sample weights, all equal
+    within a batch, scale the batch's value (length-grouped training batches, see make_dataset).
     """
 
-    def __init__(self, pad_id: int = PAD_ID, tokens_per_row: float | None = None,
-                 name: str = "masked_token_cross_entropy", **kwargs):
+    def __init__(self, pad_id: int = PAD_ID, name: str = "masked_token_cross_entropy", **kwargs):
         super().__init__(name=name, **kwargs)
         self.pad_id = int(pad_id)
-        self.tokens_per_row = None if tokens_per_row is None else float(tokens_per_row)
 
     def call(self, y_true, y_pred):
         y_true = ops.cast(y_true, "int32")
@@ -523,13 +516,10 @@ class MaskedTokenLoss(keras.losses.Loss):
         per_token = ops.sparse_categorical_crossentropy(
             ops.where(real, y_true, 0), y_pred, from_logits=True)
         real = ops.cast(real, per_token.dtype)
-        if self.tokens_per_row is not None:
-            rows = ops.cast(ops.shape(y_true)[0], per_token.dtype)
-            return ops.sum(per_token * real) / (rows * self.tokens_per_row)
         return ops.sum(per_token * real) / ops.maximum(ops.sum(real), 1.0)
 
     def get_config(self):
-        return {**super().get_config(), "pad_id": self.pad_id, "tokens_per_row": self.tokens_per_row}
+        return {**super().get_config(), "pad_id": self.pad_id}
 
 
 MODELS = {"baseline": BaselineGenerator, "attention": AttentionGenerator}

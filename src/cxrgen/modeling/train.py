@@ -32,6 +32,7 @@ from cxrgen.data.vocab import PAD_ID, Vocab
 from cxrgen.device import describe_device
 from cxrgen.errors import BadInput
 from cxrgen.files import read_json, write_json_atomic
+from cxrgen.modeling import distributed
 from cxrgen.modeling.models import (
     MODELS,
     MaskedTokenLoss,
@@ -55,7 +56,7 @@ TRAIN_DEFAULTS = {
     "deterministic": True,      # tf.config.experimental.enable_op_determinism
     "length_grouping": 20,      # batches of similar lengths: see make_dataset (0 = plain random batches)
 }
-STRATEGIES = ("none", "mirrored")
+STRATEGIES = ("none", "mirrored", "multi_worker")
 BLANK_PREFIX = "blank_images/"
 FOLDS_KEY = 7  # seeds the cross-fitting folds apart from the shuffle
 THRESHOLD_GRID = tuple(round(0.05 * k, 2) for k in range(1, 20))   # 0.05 ... 0.95
@@ -204,7 +205,22 @@ def make_dataset(features: np.ndarray, tokens: np.ndarray, batch_size: int, shuf
         # hides the number of batches from Keras, which would then warn at the first epoch's end.)
         dataset = dataset.shuffle(length_grouping, seed=seed + 1, reshuffle_each_iteration=True)
         dataset = dataset.apply(tf.data.experimental.assert_cardinality(-(-len(tokens) // batch_size)))
+        # Every token weighs the same whatever its batch: a batch of short reports holds ~20 real
+        # tokens a row and one of long reports ~55; averaged over its own tokens, a short batch's
+        # tokens would weigh ~3x a long batch's, and the model would learn the short (normal) reports
+        # more than the val loss, a mean over tokens, asks for. Each batch's loss (its token mean) is
+        # weighted by its real tokens / (rows x the split's mean): the epoch's token sum over a fixed
+        # divisor, as random batches give. Only training batches: the val loss stays a token mean.
+        mean_tokens = mean_target_tokens(tokens)
+        dataset = dataset.map(lambda inputs, targets: (inputs, targets, _batch_token_weights(targets, mean_tokens)))
     return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def _batch_token_weights(targets, mean_tokens: float):
+    """(rows,) sample weights, all equal: the batch's real tokens / (rows x mean_tokens)."""
+    rows = tf.shape(targets)[0]
+    real = tf.reduce_sum(tf.cast(tf.not_equal(targets, PAD_ID), tf.float32))
+    return tf.fill([rows], real / (tf.cast(rows, tf.float32) * mean_tokens))
 
 
 def _group_by_length(dataset: tf.data.Dataset, window: int, token_index: int) -> tf.data.Dataset:
@@ -237,6 +253,8 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     """`none`: the default (one device). `mirrored`: every GPU, or else every logical CPU device."""
     if name == "none":
         return tf.distribute.get_strategy()
+    if name == "multi_worker":   # the cluster from TF_CONFIG (cxrgen.modeling.distributed)
+        return distributed.multi_worker_strategy()
     if name != "mirrored":
         raise BadInput("params.yaml", f"train.strategy must be one of {STRATEGIES}, not {name!r}")
     if tf.config.list_logical_devices("GPU"):
@@ -294,9 +312,7 @@ def fit(model_name: str, sizes: dict, settings: dict, data: TrainingData, strate
         model.set_feature_statistics(data.features["train"])
         model.compile(
             optimizer=keras.optimizers.Adam(settings["learning_rate"], clipnorm=settings["clipnorm"]),
-            # Batches grouped by length: every token weighs the same whatever its batch (see MaskedTokenLoss).
-            loss=MaskedTokenLoss(tokens_per_row=mean_target_tokens(data.tokens["train"])
-                                 if settings["length_grouping"] else None),
+            loss=MaskedTokenLoss(),
         )
     source = {split: (data.blank if blank else data.features[split]) for split in ("train", "val")}
     folds = study_folds(len(data.tokens["train"]), model.finding_folds, settings["seed"])
@@ -306,6 +322,12 @@ def fit(model_name: str, sizes: dict, settings: dict, data: TrainingData, strate
     val_set = make_dataset(source["val"], data.tokens["val"], settings["batch_size"], blank=blank)
     stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=settings["patience"],
                                             restore_best_weights=True)  # restores at the end in Keras 3
+    if distributed.is_multi_worker(strategy):   # Keras's fit does not run under it: epochs by hand
+        history, best_epoch = distributed.fit_distributed(
+            model, strategy, train_set, lambda m: token_loss(m, source["val"], data.tokens["val"],
+                                                             settings["batch_size"], blank=blank),
+            settings["epochs"], settings["patience"], callbacks, verbose)
+        return FitResult(model, best_epoch, len(history["val_loss"]), history)
     history = model.fit(train_set, validation_data=val_set, epochs=settings["epochs"],
                         callbacks=[stopper, *(callbacks or [])], shuffle=False, verbose=verbose)
     val_curve = history.history["val_loss"]
@@ -455,13 +477,20 @@ def train(model_name: str, params: dict, features_dir: str | Path, prepared_dir:
         raise BadInput("params.yaml", f"unknown model {model_name!r}; choose one of {sorted(MODELS)}")
     settings = train_settings(params)
     sizes = (params.get("model") or {}).get(model_name) or {}
+    # The strategy first: a multi-worker one must exist before TensorFlow runs anything.
+    strategy = make_strategy(settings["strategy"])
     if settings["deterministic"]:
         tf.config.experimental.enable_op_determinism()
     data = load_training_data(features_dir, prepared_dir, MODELS[model_name].feature_key)
-    strategy = make_strategy(settings["strategy"])
-    live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None)
+    # In a cluster every worker trains; only the chief writes the model, the metrics and the curves.
+    chief = distributed.is_chief(strategy)
+    live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None) if chief else None
+
+    def curves(prefix: str = "") -> list:
+        return [LiveCurves(live, prefix)] if live is not None else []
+
     try:
-        real = fit(model_name, sizes, settings, data, strategy, callbacks=[LiveCurves(live)], verbose=verbose)
+        real = fit(model_name, sizes, settings, data, strategy, callbacks=curves(), verbose=verbose)
         batch = settings["batch_size"]
         # Per val study (summed loss, real tokens): the val loss, and with the blank-image twin's the
         # paired interval of the gain, both from the same numbers.
@@ -498,13 +527,14 @@ def train(model_name: str, params: dict, features_dir: str | Path, prepared_dir:
                 "at_0.5": round(abnormal_micro_f1(probabilities > 0.5, data.findings["val"]), 4),
                 "calibrated": round(abnormal_micro_f1(probabilities > thresholds, data.findings["val"]), 4)}
         metrics["weights_sha256"] = weights_digest(real.model)   # thresholds included
-        save_model(real.model, model_path)
+        if chief:
+            save_model(real.model, model_path)
         if settings["image_control"]:
             if verbose:   # Keras starts again at "Epoch 1/N": say which model that is
                 print(f"train: {model_name}: now the blank-image twin (same settings, two black images "
                       "for every study; the control for val_loss_gain)", flush=True)
             control = fit(model_name, sizes, settings, data, strategy, blank=True,
-                          callbacks=[LiveCurves(live, BLANK_PREFIX)], verbose=verbose)
+                          callbacks=curves(BLANK_PREFIX), verbose=verbose)
             blank_sums, _ = study_token_losses(control.model, data.blank, data.tokens["val"], batch, blank=True)
             blank_val = round(float(blank_sums.sum() / counts.sum()), 6)
             low, high = gain_interval(blank_sums, image_sums, counts, seed=settings["seed"])
@@ -518,6 +548,8 @@ def train(model_name: str, params: dict, features_dir: str | Path, prepared_dir:
                 "blank_images_best_epoch": control.best_epoch,
             })
     finally:
-        live.end()
-    write_json_atomic(metrics_path, metrics)
+        if live is not None:
+            live.end()
+    if chief:
+        write_json_atomic(metrics_path, metrics)
     return metrics

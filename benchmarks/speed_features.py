@@ -92,6 +92,8 @@ def main() -> None:
     parser.add_argument("--max-studies", type=int, default=32, help="studies to time (2 images each)")
     parser.add_argument("--batch-size", type=int, default=None, help="default: params features.batch_size")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--runtimes-only", action="store_true",
+                        help="only the comparison of the runtimes (features_runtimes)")
     args = parser.parse_args()
 
     load_before = describe_machine()   # before this process loads the CPU itself
@@ -102,6 +104,13 @@ def main() -> None:
     choice = resolve_weights(cfg, args.params)
     images = load_studies(Path(args.prepared), args.max_studies)
     network = load_network(choice, image_size, int(cfg.get("seed", 0)))
+    if args.runtimes_only:
+        data_path = Path(args.prepared).parent.parent / "metrics" / "data.json"
+        data = json.loads(data_path.read_text()) if data_path.exists() else {}
+        about = {"machine": load_before, "weights": choice.record(), "image_size": image_size,
+                 "data": {"data_source": data.get("data_source"), "reports": (data.get("counts") or {}).get("reports")}}
+        compare_runtimes(network, batch_size, images, args.repeats, Path(args.out), about)
+        return
     extractor = FeatureExtractor(network, batch_size, runtime="tensorflow")
 
     device = "/GPU:0" if tf.config.list_physical_devices("GPU") else "/CPU:0"

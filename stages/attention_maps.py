@@ -35,13 +35,13 @@ def main() -> None:
     from cxrgen.evaluation.evaluate import load_studies, split_texts
     from cxrgen.modeling.decode import DecodeSettings, beam_search
     from cxrgen.modeling.models import load_model
-    from cxrgen.modeling.train import load_features
+    from cxrgen.features.store import FeatureStore
 
     model = load_model(args.model)
     vocab = Vocab.load(Path(args.prepared) / "vocab.json")
     report_ids, _ = split_texts(load_studies(args.prepared), "test")
     count = min(args.studies, len(report_ids))
-    features = load_features(Path(args.features) / "features_test.npz", model.feature_key)[:count]
+    features = FeatureStore(args.features).open("test", model.feature_key)[:count]   # only those rows are read
     images = np.load(Path(args.prepared) / "images_test.npy", mmap_mode="r")[:count]
     decoded = beam_search(model, features, DecodeSettings.from_params(params))
     words = [text.split() for text in decoded.texts(vocab)]

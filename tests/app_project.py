@@ -4,7 +4,7 @@
   params.yaml                      image.size 224, features.weights random, decode, train, model sizes
   data/prepared/vocab.json         + studies.parquet (train / val reports of a small grammar)
   data/features/features.json      as the features stage writes it (random weights, seed, 7x7 grid)
-  data/features/features_*.npz     learnable stand-in features with DenseNet121's shapes (1024 channels)
+  data/features/<split>/*.npy      learnable stand-in features with DenseNet121's shapes (1024 channels)
   models/{baseline,attention}.keras, metrics/train_{baseline,attention}.json  (cxrgen.modeling.train.train)
   metrics/data.json                data source "synthetic", the random split
 The reports mix positive, negative and uncertain statements, so the labeler has something to find.
@@ -73,11 +73,10 @@ def build_project(root: str | Path) -> Path:
     }
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     rng = np.random.default_rng(0)
-    rows = []
+    rows, arrays = [], {}
     for split, count in COUNTS.items():
         spatial, texts = make_studies(count, rng)
-        np.savez(features / f"features_{split}.npz", spatial=spatial.astype(np.float16),
-                 pooled=spatial.mean(axis=2).astype(np.float16))
+        arrays[split] = {"spatial": spatial.astype(np.float16), "pooled": spatial.mean(axis=2).astype(np.float16)}
         rows += [{"report_id": f"CXR{len(rows) + i + 1}", "split": split, "text": text,
                   "n_tokens": len(tokenize(text))} for i, text in enumerate(texts)]
     studies = pd.DataFrame(rows)
@@ -85,12 +84,10 @@ def build_project(root: str | Path) -> Path:
     train_tokens = [tokenize(t) for t in studies.loc[studies["split"] == "train", "text"]]
     build_vocab(train_tokens, min_count=1, max_len=30).save(prepared / "vocab.json")
     blank = np.full((1, 2, REGIONS, FEATURE_DIM), 0.05, dtype=np.float16)
-    np.savez(features / "blank.npz", spatial=blank, pooled=blank.mean(axis=2))
-    (features / "features.json").write_text(json.dumps({
+    write_store(features, arrays, {"spatial": blank, "pooled": blank.mean(axis=2)}, {
         "weights": "random", "weights_sha256": None, "seed": 0, "image_size": 224, "grid": [7, 7],
         "batch_size": 16, "dtype": "float16", "data_source": "synthetic",
-        "network": "DenseNet121 (keras.applications), final BN+ReLU map and its global average",
-        "counts": dict(COUNTS)}, indent=2))
+        "network": "DenseNet121 (keras.applications), final BN+ReLU map and its global average"})
     (metrics / "data.json").write_text(json.dumps({
         "data_source": "synthetic", "split": params["split"], "image_size": 224,
         "counts": {f"studies_{k}": v for k, v in COUNTS.items()}}, indent=2))

@@ -18,6 +18,7 @@ import pandas as pd
 
 from cxrgen.data.text import tokenize
 from cxrgen.data.vocab import build_vocab
+from cxrgen.features.store import write_store
 from cxrgen.tables import write_parquet
 
 FEATURE_DIM = 16
@@ -47,20 +48,20 @@ def pooled(spatial: np.ndarray) -> np.ndarray:
     return spatial.mean(axis=2)
 
 
-def write_dataset(root: Path, counts: dict[str, int], seed: int = 0, with_test: bool = False) -> tuple[Path, Path]:
-    """data/prepared (studies.parquet, vocab.json) and data/features (npz per split, blank.npz,
-    features.json) as the prepare and features stages write them. No test features unless asked:
+def write_dataset(root: Path, counts: dict[str, int], seed: int = 0, with_test: bool = False,
+                  shard_studies: int = 4096) -> tuple[Path, Path]:
+    """data/prepared (studies.parquet, vocab.json) and data/features (the feature store: shards of
+    `shard_studies` per split, the blank control, features.json) as the prepare and features stages write them. No test features unless asked:
     training must not need them."""
     rng = np.random.default_rng(seed)
     prepared, features = root / "prepared", root / "features"
     prepared.mkdir(parents=True, exist_ok=True)
     features.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows, arrays = [], {}
     for split, count in counts.items():
         spatial, texts = make_studies(count, rng)
         if split != "test" or with_test:
-            np.savez(features / f"features_{split}.npz", spatial=spatial.astype(np.float16),
-                     pooled=pooled(spatial).astype(np.float16))
+            arrays[split] = {"spatial": spatial.astype(np.float16), "pooled": pooled(spatial).astype(np.float16)}
         for text in texts:
             rows.append({"report_id": f"CXR{len(rows) + 1}", "split": split, "text": text,
                          "n_tokens": len(tokenize(text))})
@@ -69,7 +70,7 @@ def write_dataset(root: Path, counts: dict[str, int], seed: int = 0, with_test: 
     train_texts = studies.loc[studies["split"] == "train", "text"]
     build_vocab([tokenize(text) for text in train_texts], min_count=1, max_len=20).save(prepared / "vocab.json")
     blank = np.full((1, 2, 49, FEATURE_DIM), 0.05)  # what the encoder makes of two black images
-    np.savez(features / "blank.npz", spatial=blank.astype(np.float16), pooled=pooled(blank).astype(np.float16))
-    (features / "features.json").write_text(json.dumps(
-        {"weights": "random", "seed": 7, "data_source": "synthetic-test", "image_size": 224}))
+    write_store(features, arrays, {"spatial": blank.astype(np.float16), "pooled": pooled(blank).astype(np.float16)},
+                {"weights": "random", "seed": 7, "data_source": "synthetic-test", "image_size": 224},
+                shard_studies=shard_studies)
     return features, prepared

@@ -105,7 +105,7 @@ def test_a_very_large_file_is_a_message(app_project, monkeypatch):
 
 def test_a_missing_model_is_a_message(app_project, tmp_path, monkeypatch):
     project = tmp_path / "project"
-    shutil.copytree(app_project, project, ignore=shutil.ignore_patterns("*.npz", "dvclive", "attention.keras"))
+    shutil.copytree(app_project, project, ignore=shutil.ignore_patterns("spatial-*.npy", "pooled-*.npy", "dvclive", "attention.keras"))
     monkeypatch.setenv("CXRGEN_PROJECT", str(project))
     at = AppTest.from_file(str(APP), default_timeout=180).run()
     assert not at.exception

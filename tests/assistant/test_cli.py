@@ -80,7 +80,7 @@ def test_errors_are_one_line_from_the_installed_command(app_project, tmp_path):
     code, err = run("generate", str(tmp_path / "missing.png"), "--project", str(app_project))
     assert code == 1 and err == [f"cxrgen: error: {tmp_path / 'missing.png'}: file not found"]
     project = tmp_path / "project"
-    shutil.copytree(app_project, project, ignore=shutil.ignore_patterns("*.npz", "dvclive", "attention.keras"))
+    shutil.copytree(app_project, project, ignore=shutil.ignore_patterns("spatial-*.npy", "pooled-*.npy", "dvclive", "attention.keras"))
     (tmp_path / "f.png").write_bytes(xray_png())
     code, err = run("generate", str(tmp_path / "f.png"), "--project", str(project))
     assert code == 1 and len(err) == 1 and "attention.keras: model file not found" in err[0]

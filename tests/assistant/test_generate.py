@@ -43,7 +43,8 @@ def copy_project(source: Path, target: Path, leave_out: tuple[str, ...] = ()) ->
     """The project's small files (everything but the training features), minus `leave_out`."""
     for path in source.rglob("*"):
         relative = path.relative_to(source)
-        if path.is_dir() or str(relative) in leave_out or path.suffix == ".npz" or "dvclive" in relative.parts:
+        shard = path.suffix == ".npy" and relative.parts[:2] == ("data", "features")
+        if path.is_dir() or str(relative) in leave_out or shard or "dvclive" in relative.parts:
             continue
         (target / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(path, target / relative)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from cxrgen.evaluation import floors, scores
+from cxrgen.features.store import FeatureStore, write_store
 
 NORMAL = "the heart is normal . the lungs are clear . no effusion ."
 ABNORMAL = "the heart is enlarged . small left effusion ."
@@ -49,6 +50,24 @@ def test_retrieval_ties_go_to_the_first_training_study():
     train[2] = [[5, 0, 0, 0], [0, 5, 0, 0]]
     nearest = floors.nearest_training_study(train, train[:1])
     assert nearest.tolist() == [0]
+
+
+def test_retrieval_from_the_store_block_by_block_is_the_whole_arrays_answer(tmp_path, monkeypatch):
+    """Shards of 5 studies, similarity blocks of 3 queries x 4 training studies: the same nearest
+    studies as all at once, ties to the first training study even when it is in an earlier block."""
+    rng = np.random.default_rng(1)
+    train = rng.normal(size=(23, 2, 8)).astype(np.float16)
+    train[17] = train[2]                                    # a tie across blocks and shards
+    query = np.concatenate([train[[2, 17, 9]], rng.normal(size=(8, 2, 8)).astype(np.float16)])
+    write_store(tmp_path, {"train": {"pooled": train}, "test": {"pooled": query}}, {"pooled": train[:1]},
+                shard_studies=5)
+    whole = floors.nearest_training_study(train, query)
+    assert whole[:3].tolist() == [2, 2, 9]
+    monkeypatch.setattr(floors, "QUERY_CHUNK", 3)
+    monkeypatch.setattr(floors, "TRAIN_CHUNK", 4)
+    store = FeatureStore(tmp_path)
+    np.testing.assert_array_equal(floors.nearest_training_study(store.open("train", "pooled"),
+                                                                store.open("test", "pooled")), whole)
 
 
 def test_label_oracle_takes_the_training_report_with_the_closest_labels():

@@ -21,6 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from cxrgen.features import densenet  # noqa: E402
 from cxrgen.errors import BadInput  # noqa: E402
+from cxrgen.features.store import FeatureStore  # noqa: E402
 
 SIZE = 32
 # Keras 2's DenseNet121 named its stem "conv1/..."; Keras 3 writes "conv1_...".
@@ -212,13 +213,13 @@ def prepared(tmp_path_factory) -> Path:
     (root / "metrics" / "data.json").write_text(json.dumps({"data_source": "synthetic"}))
     (root / "params.yaml").write_text(
         f"image:\n  size: {STAGE_SIZE}\nfeatures:\n  weights: random\n  imagenet_path: null\n"
-        "  batch_size: 3\n  seed: 0\n")
+        "  batch_size: 3\n  seed: 0\n  shard_studies: 3\n")
     return root
 
 
-def run_stage_script(project_root: Path, python_exe: str, root: Path, out: str) -> Path:
+def run_stage_script(project_root: Path, python_exe: str, root: Path, out: str, *extra: str) -> Path:
     subprocess.run([python_exe, str(project_root / "stages" / "features.py"), "--params", "params.yaml",
-                    "--prepared", "data/prepared", "--data-metrics", "metrics/data.json", "--out", out],
+                    "--prepared", "data/prepared", "--data-metrics", "metrics/data.json", "--out", out, *extra],
                    cwd=root, check=True, timeout=300)
     return root / out
 
@@ -231,28 +232,29 @@ def two_runs(project_root, python_exe, prepared) -> tuple[Path, Path]:
 
 def test_outputs_shapes_dtypes_and_description(two_runs, prepared):
     out, _ = two_runs
+    store = FeatureStore(out)
     for split, n in (("train", 4), ("val", 1), ("test", 0)):
-        with np.load(out / f"features_{split}.npz", allow_pickle=False) as data:
-            assert sorted(data.files) == ["pooled", "spatial"]
-            assert data["spatial"].shape == (n, 2, 4, 1024) and data["spatial"].dtype == np.float16
-            assert data["pooled"].shape == (n, 2, 1024) and data["pooled"].dtype == np.float16
-            assert np.isfinite(data["spatial"]).all()
-            # pooled is the average of the map it came from (same row, same view)
-            np.testing.assert_allclose(data["pooled"], data["spatial"].astype(np.float32).mean(axis=2),
-                                       rtol=0.01, atol=1e-3)
-    with np.load(out / "blank.npz", allow_pickle=False) as blank:
-        assert blank["spatial"].shape == (1, 2, 4, 1024) and blank["pooled"].shape == (1, 2, 1024)
-        blank_pooled = blank["pooled"].astype(np.float32)
+        spatial, pooled = store.open(split, "spatial").read_all(), store.open(split, "pooled").read_all()
+        assert spatial.shape == (n, 2, 4, 1024) and spatial.dtype == np.float16
+        assert pooled.shape == (n, 2, 1024) and pooled.dtype == np.float16
+        assert np.isfinite(spatial).all()
+        # pooled is the average of the map it came from (same row, same view)
+        np.testing.assert_allclose(pooled, spatial.astype(np.float32).mean(axis=2), rtol=0.01, atol=1e-3)
+    assert store.blank("spatial").shape == (1, 2, 4, 1024) and store.blank("pooled").shape == (1, 2, 1024)
+    blank_pooled = store.blank("pooled").astype(np.float32)
     description = json.loads((out / "features.json").read_text())
     assert description["weights"] == "random" and description["weights_sha256"] is None
     assert description["counts"] == {"train": 4, "val": 1, "test": 0}
+    # params shard_studies: 3 -> the 4 training studies in two shards
+    assert description["shard_studies"] == 3
+    assert description["splits"] == {"train": {"studies": 4, "shards": 2}, "val": {"studies": 1, "shards": 1},
+                                      "test": {"studies": 0, "shards": 1}, "blank": {"studies": 1, "shards": 1}}
     assert description["image_size"] == STAGE_SIZE and description["grid"] == [2, 2]
     assert description["seed"] == 0 and description["data_source"] == "synthetic"
     assert description["runtime"].startswith(("openvino ", "tensorflow "))   # features.runtime: auto
     assert description["device"]["device"] in ("CPU", "GPU") and description["device"]["tensorflow"]
 
-    with np.load(out / "features_train.npz", allow_pickle=False) as data:
-        pooled = data["pooled"].astype(np.float32)
+    pooled = store.open("train", "pooled").read_all().astype(np.float32)
     # rows and views stay aligned with the input: the black study and the black frontal view
     np.testing.assert_allclose(pooled[1], blank_pooled[0], atol=1e-3)
     np.testing.assert_allclose(pooled[2, 0], blank_pooled[0, 0], atol=1e-3)
@@ -260,13 +262,43 @@ def test_outputs_shapes_dtypes_and_description(two_runs, prepared):
     assert np.abs(pooled[0] - pooled[3]).max() > 1e-2
 
 
+OUTPUT_FILES = ["blank/pooled-00000.npy", "blank/spatial-00000.npy", "features.json",
+                "test/pooled-00000.npy", "test/spatial-00000.npy",
+                "train/pooled-00000.npy", "train/pooled-00001.npy", "train/spatial-00000.npy",
+                "train/spatial-00001.npy", "val/pooled-00000.npy", "val/spatial-00000.npy"]
+
+
+def output_files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
 def test_two_runs_give_identical_bytes(two_runs):
     first, second = two_runs
-    names = sorted(p.name for p in first.iterdir())
-    assert names == ["blank.npz", "features.json", "features_test.npz", "features_train.npz", "features_val.npz"]
-    assert names == sorted(p.name for p in second.iterdir())
-    for name in names:
+    assert output_files(first) == OUTPUT_FILES == output_files(second)
+    for name in OUTPUT_FILES:
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
+
+
+def test_shard_ranges_computed_apart_give_the_same_store(project_root, python_exe, prepared, two_runs):
+    """Two processes each computing a range of the shards (train 0-1, then val, test and blank) give
+    the files of one run; features.json waits for the last of them."""
+    reference, _ = two_runs
+    out = run_stage_script(project_root, python_exe, prepared, "features_split", "--shards", "0:2")
+    assert output_files(out) == [name for name in OUTPUT_FILES if name.startswith("train/")]
+    run_stage_script(project_root, python_exe, prepared, "features_split", "--shards", "2:")
+    assert output_files(out) == OUTPUT_FILES
+    for name in OUTPUT_FILES:
+        if name != "features.json":
+            assert (out / name).read_bytes() == (reference / name).read_bytes(), name
+    description = json.loads((out / "features.json").read_text())
+    assert description["splits"] == json.loads((reference / "features.json").read_text())["splits"]
+    result = subprocess.run([python_exe, str(project_root / "stages" / "features.py"), "--params", "params.yaml",
+                             "--out", "features_bad", "--shards", "4:9"], cwd=prepared, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "features: error: --shards: 4:9 is not a range of this collection's 5 shards "
+        "(0:5; 3 studies per shard, the blank control last)")
 
 
 def test_stage_reports_a_bad_weight_file_in_one_line(project_root, python_exe, prepared, tmp_path):

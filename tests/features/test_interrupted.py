@@ -17,13 +17,15 @@ import pytest
 
 PROJECT = Path(__file__).resolve().parents[2]
 SIZE = 64
-OUTPUTS = ["blank.npz", "features.json", "features_test.npz", "features_train.npz", "features_val.npz"]
+OUTPUTS = ["blank/pooled-00000.npy", "blank/spatial-00000.npy", "features.json",
+           "test/pooled-00000.npy", "test/spatial-00000.npy", "train/pooled-00000.npy",
+           "train/spatial-00000.npy", "val/pooled-00000.npy", "val/spatial-00000.npy"]
 
 # Runs the stage script in this process after wrapping numpy's array writer: at its KILL_AT-th call it
 # writes half of the array's bytes, flushes them to the file and kills its own process with SIGKILL,
-# which no handler can catch (as the OOM killer or `kill -9` would). Each .npz holds two arrays, in
-# the order train, val, test, blank: call 3 is the first array of features_val.npz, after
-# features_train.npz was renamed into place.
+# which no handler can catch (as the OOM killer or `kill -9` would). Each shard is two .npy files
+# (pooled, then spatial), in the order train, val, test, blank: call 3 is val/pooled-00000.npy,
+# after train's two files were renamed into place.
 KILLING_RUNNER = """
 import io, os, runpy, signal, sys
 import numpy as np
@@ -63,6 +65,10 @@ def _stage(out: str) -> list[str]:
             "--data-metrics", "metrics/data.json", "--out", out]
 
 
+def _files(out: Path) -> list[str]:
+    return sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+
+
 def _env() -> dict:
     return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
@@ -72,28 +78,28 @@ def reference(project) -> dict[str, bytes]:
     subprocess.run([sys.executable, *_stage("uninterrupted")], cwd=project, env=_env(), check=True,
                    capture_output=True, timeout=300)
     out = project / "uninterrupted"
-    assert sorted(p.name for p in out.iterdir()) == OUTPUTS
-    return {p.name: p.read_bytes() for p in out.iterdir()}
+    assert _files(out) == OUTPUTS
+    return {name: (out / name).read_bytes() for name in OUTPUTS}
 
 
 def _check_after_kill(out: Path, reference: dict[str, bytes]) -> list[str]:
     """Every file under a final name is complete (the uninterrupted run's bytes); the rest are the
     killed process's temporary files. Returns those."""
     leftovers = []
-    for path in sorted(out.iterdir()):
-        if path.name in reference:
-            assert path.read_bytes() == reference[path.name], f"partial file under the final name {path.name}"
+    for name in _files(out):
+        if name in reference:
+            assert (out / name).read_bytes() == reference[name], f"partial file under the final name {name}"
         else:
-            assert path.name.startswith(".") and ".partial-" in path.name, path.name
-            leftovers.append(path.name)
-    assert "features.json" not in {p.name for p in out.iterdir()}  # written last: the run did not finish
+            assert Path(name).name.startswith(".") and ".partial-" in name, name
+            leftovers.append(name)
+    assert not (out / "features.json").exists()  # written last: the run did not finish
     return leftovers
 
 
 def _rerun_matches(project: Path, out: Path, reference: dict[str, bytes]) -> None:
     subprocess.run([sys.executable, *_stage(out.name)], cwd=project, env=_env(), check=True,
                    capture_output=True, timeout=300)
-    assert sorted(p.name for p in out.iterdir()) == OUTPUTS   # the killed run's temporary files are gone
+    assert _files(out) == OUTPUTS   # the killed run's temporary files are gone
     for name, data in reference.items():
         assert (out / name).read_bytes() == data, f"{name} differs from the uninterrupted run"
 
@@ -104,10 +110,10 @@ def test_killed_while_writing_an_output_then_rerun(project, reference):
                             env={**_env(), "KILL_AT": "3"}, capture_output=True, timeout=300)
     assert result.returncode == -signal.SIGKILL, result.stderr.decode()[-2000:]
     leftovers = _check_after_kill(out, reference)
-    assert (out / "features_train.npz").exists()               # finished before the kill
-    assert leftovers == [f".features_val.npz.partial-{leftovers[0].rsplit('-', 1)[1]}"]  # half written
+    assert (out / "train/spatial-00000.npy").exists()          # finished before the kill
+    assert leftovers == [f"val/.pooled-00000.npy.partial-{leftovers[0].rsplit('-', 1)[1]}"]  # half written
     partial = out / leftovers[0]
-    assert 0 < partial.stat().st_size < len(reference["features_val.npz"])
+    assert 0 < partial.stat().st_size < len(reference["val/pooled-00000.npy"])
     _rerun_matches(project, out, reference)
 
 
@@ -118,7 +124,7 @@ def test_killed_from_outside_at_an_arbitrary_moment_then_rerun(project, referenc
     process = subprocess.Popen([sys.executable, *_stage(out.name)], cwd=project, env=_env(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
-    while not (out / "features_train.npz").exists() and process.poll() is None and time.monotonic() < deadline:
+    while not (out / "train/spatial-00000.npy").exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
     process.send_signal(signal.SIGKILL)
     assert process.wait(timeout=60) == -signal.SIGKILL, "the stage finished before it could be killed"

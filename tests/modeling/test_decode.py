@@ -19,6 +19,7 @@ from synthetic_captions import SIZES, make_studies, pooled  # noqa: E402
 from cxrgen.data.text import tokenize  # noqa: E402
 from cxrgen.data.vocab import END_ID, PAD_ID, START_ID, build_vocab  # noqa: E402
 from cxrgen.errors import BadInput  # noqa: E402
+from cxrgen.features.store import write_store  # noqa: E402
 from cxrgen.modeling.decode import (  # noqa: E402
     DecodeSettings,
     beam_search,
@@ -261,7 +262,8 @@ def test_features_of_the_wrong_shape_are_refused(trained):
 def test_speed_benchmark_writes_its_key_and_keeps_the_others(trained, tmp_path, project_root, monkeypatch):
     model, features = trained["baseline"]
     save_model(model, tmp_path / "baseline.keras")
-    np.savez(tmp_path / "features_test.npz", pooled=features[:6].astype(np.float16))
+    rows = features[:6].astype(np.float16)
+    write_store(tmp_path, {"test": {"pooled": rows}}, {"pooled": np.zeros_like(rows[:1])}, shard_studies=4)
     out = tmp_path / "speed.json"
     out.write_text(json.dumps({"features": {"images_per_s": 1.0}}))
     monkeypatch.setattr(sys, "argv", [
@@ -341,6 +343,11 @@ def test_sampling_is_seeded_and_near_zero_temperature_is_greedy(trained, name):
     first = sample_reports(model, features, 4, 1.0, MAX_LEN, seed=3, batch_size=4)
     assert first.shape == (len(features), 4, MAX_LEN - 1)
     np.testing.assert_array_equal(first, sample_reports(model, features, 4, 1.0, MAX_LEN, seed=3, batch_size=7))
+    # A split sampled chunk by chunk (the evaluation reads the test split so): study i of a chunk
+    # starting at `first_study` draws as study first_study + i of the whole split.
+    chunked = [sample_reports(model, features[start:start + 3], 4, 1.0, MAX_LEN, seed=3, batch_size=2,
+                              first_study=start) for start in range(0, len(features), 3)]
+    np.testing.assert_array_equal(first, np.concatenate(chunked))
     assert not np.array_equal(first, sample_reports(model, features, 4, 1.0, MAX_LEN, seed=4, batch_size=4))
     for row in first.reshape(-1, MAX_LEN - 1):   # <pad> only after <end>, and never <start>
         ended = np.flatnonzero(row == END_ID)

@@ -24,6 +24,7 @@ from synthetic_captions import SIZES, write_dataset  # noqa: E402
 
 from cxrgen.data.vocab import END_ID, PAD_ID, START_ID, build_vocab  # noqa: E402
 from cxrgen.errors import BadInput  # noqa: E402
+from cxrgen.features.store import KEYS, FeatureStore, write_store  # noqa: E402
 from cxrgen.modeling.train import (  # noqa: E402
     abnormal_micro_f1,
     calibrate_thresholds,
@@ -193,6 +194,50 @@ def test_training_repeats_exactly(dataset, tmp_path):
     assert runs[0] == runs[1]
 
 
+def test_sharded_features_train_the_same_model_as_one_shard(dataset, tmp_path):
+    """The store split into shards of 48 studies (train: 3 shards) streams the same rows in the same
+    order as one shard, and the shuffle covers the whole split: the same weights, the same metrics."""
+    features, prepared = dataset
+    sharded, _ = write_dataset(tmp_path / "sharded", COUNTS, shard_studies=48)
+    assert FeatureStore(sharded).info["splits"]["train"] == {"studies": 128, "shards": 3}
+    runs = []
+    for name, folder in (("one", features), ("sharded", sharded)):
+        out = tmp_path / name
+        runs.append(train("attention", params(epochs=2, image_control=False), folder, prepared,
+                          out / "model.keras", out / "metrics.json", out / "dvclive"))
+    assert runs[0]["weights_sha256"] == runs[1]["weights_sha256"]
+    assert runs[0] == runs[1]
+
+
+def test_streamed_batches_with_a_small_shuffle_buffer_see_every_study_once(dataset):
+    features, prepared = dataset
+    data = load_training_data(features, prepared, "pooled")
+    array, tokens = data.features["train"], data.tokens["train"]
+    marker = np.arange(len(tokens), dtype=np.float32)[:, None].repeat(len(OBSERVATIONS), axis=1)
+    epochs = []
+    dataset_ = make_dataset(array, tokens, 16, shuffle=True, seed=3, findings=marker, shuffle_buffer=10,
+                            length_grouping=2)
+    for _ in range(2):
+        seen = []
+        for x, *_ in dataset_:
+            rows = x["findings"].numpy()[:, 0].astype(int)
+            seen.extend(rows)
+            # the features stay with their study
+            np.testing.assert_array_equal(x["features"].numpy(), array.read_all()[rows].astype(np.float32))
+        epochs.append(seen)
+    assert sorted(epochs[0]) == sorted(epochs[1]) == list(range(len(tokens)))
+    assert epochs[0] != epochs[1] and epochs[0] != list(range(len(tokens)))   # shuffled, anew each epoch
+    # A buffer of 10: no study comes out more than 10 + a window of 32 rows ahead of its place in the files.
+    assert max(epochs[0][: len(tokens) // 2]) < len(tokens) // 2 + 10 + 32
+
+
+def test_max_steps_trains_a_fixed_number_of_batches(dataset, tmp_path):
+    features, prepared = dataset
+    metrics = train("baseline", params(max_steps=3, image_control=False), features, prepared,
+                    tmp_path / "model.keras", tmp_path / "metrics.json", tmp_path / "dvclive")
+    assert metrics["epochs_run"] == 1 and metrics["best_epoch"] == 1
+
+
 MIRRORED_SCRIPT = textwrap.dedent("""
     import json, os, sys
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
@@ -324,22 +369,42 @@ def test_settings_are_checked():
         train_settings({"train": {"epochs": 0}})
     with pytest.raises(BadInput, match="length_grouping"):
         train_settings({"train": {"length_grouping": -1}})
+    with pytest.raises(BadInput, match="shuffle_buffer"):
+        train_settings({"train": {"shuffle_buffer": 0}})
+    with pytest.raises(BadInput, match="max_steps"):
+        train_settings({"train": {"max_steps": -1}})
 
 
 def test_misaligned_or_missing_features_are_refused(dataset, tmp_path):
     features, prepared = dataset
     with pytest.raises(BadInput, match="run the features stage"):
         load_training_data(tmp_path, prepared, "pooled")
+    # A val split one study short (its features.json agrees with its shards, not with studies.parquet)
     short = tmp_path / "short"
-    short.mkdir()
-    for name in ("blank.npz", "features.json", "features_train.npz"):
-        (short / name).write_bytes((features / name).read_bytes())
-    with np.load(features / "features_val.npz") as arrays:
-        np.savez(short / "features_val.npz", pooled=arrays["pooled"][:-1], spatial=arrays["spatial"][:-1])
+    store = FeatureStore(features)
+    write_store(short, {split: {key: store.open(split, key).read_all()[: -1 if split == "val" else None]
+                                for key in KEYS} for split in ("train", "val")},
+                {key: store.blank(key) for key in KEYS})
     with pytest.raises(BadInput, match="rows but studies.parquet has"):
         load_training_data(short, prepared, "pooled")
-    with pytest.raises(BadInput, match="no 'regions' array"):
+    with pytest.raises(BadInput, match="no 'regions' features"):
         load_training_data(features, prepared, "regions")
+    # A shard gone, or cut short: the message names the file.
+    (short / "val" / "pooled-00000.npy").unlink()
+    with pytest.raises(BadInput, match="feature shard not found") as missing:
+        load_training_data(short, prepared, "pooled")
+    assert "val/pooled-00000.npy" in str(missing.value)
+    train_file = short / "train" / "spatial-00000.npy"
+    train_file.write_bytes(train_file.read_bytes()[:-10])
+    with pytest.raises(BadInput, match="truncated") as truncated:
+        load_training_data(short, prepared, "spatial")
+    assert "train/spatial-00000.npy" in str(truncated.value)
+    # An .npz-era features folder: one line saying to rerun the stage.
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "features.json").write_text(json.dumps({"weights": "random"}))
+    with pytest.raises(BadInput, match="older features stage"):
+        load_training_data(old, prepared, "pooled")
 
 
 def test_the_gain_interval_is_a_paired_bootstrap_over_studies():

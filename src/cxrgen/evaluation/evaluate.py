@@ -25,10 +25,12 @@ from cxrgen.device import describe_device
 from cxrgen.errors import BadInput
 from cxrgen.evaluation import floors, scores
 from cxrgen.evaluation.systems import DECODINGS, FLOOR_STAGE_SYSTEMS, FLOORS, ORACLE, RERANK_AT_HALF, RERANK_FIRST
+from cxrgen.features.store import FeatureStore
 from cxrgen.files import read_json, write_json_atomic
 from cxrgen.params import with_defaults
 from cxrgen.tables import read_parquet, write_parquet
 
+DECODE_CHUNK_BATCHES = 8   # test studies read and decoded at once: this many batches of evaluate.batch_size
 EVALUATE_DEFAULTS = {"n_resamples": 1000, "seed": 0, "uncertain_as_positive": False, "batch_size": 64}
 MAIN_METRICS = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider", "micro_f1", "abnormal_f1")
 # What DVC shows as metrics (`dvc metrics show`, `dvc exp show`, `dvc metrics diff`): one flat file per
@@ -214,12 +216,9 @@ def length_plot(scored: Scored, references: list[str]) -> list[dict]:
 # The floors stage
 
 
-def _pooled(features_dir: Path, split: str) -> np.ndarray:
-    from cxrgen.modeling.train import (
-        load_features,  # (imports TensorFlow: the floors stage pays its start-up once)
-    )
-
-    return load_features(features_dir / f"features_{split}.npz", "pooled")
+def _pooled(features_dir: Path, split: str):
+    """The split's pooled features in the feature store (opened, read a chunk at a time)."""
+    return FeatureStore(features_dir).open(split, "pooled")
 
 
 def true_labels(studies: pd.DataFrame, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -319,13 +318,14 @@ def run_evaluate(model_name: str, params: dict, model_path: str | Path, prepared
     training run's image gain) to `headline_path` for DVC."""
     from cxrgen.data.vocab import Vocab
     from cxrgen.modeling.decode import (
+        Candidates,
         DecodeSettings,
+        Decoded,
         beam_search,
         greedy,
         rerank_candidates,
     )
     from cxrgen.modeling.models import load_model
-    from cxrgen.modeling.train import load_features
 
     settings = evaluate_settings(params)
     decode = DecodeSettings.from_params(params)
@@ -334,15 +334,25 @@ def run_evaluate(model_name: str, params: dict, model_path: str | Path, prepared
     report_ids, references = split_texts(studies, "test")
     vocab = Vocab.load(prepared_dir / "vocab.json")
     model = load_model(model_path)
-    features = load_features(features_dir / "features_test.npz", model.feature_key)
+    features = FeatureStore(features_dir).open("test", model.feature_key)
     if len(features) != len(report_ids):
-        raise BadInput(features_dir / "features_test.npz",
+        raise BadInput(features.shards[0].path.parent,
                        f"{len(features)} rows but {len(report_ids)} test studies (rerun the features stage)")
 
-    decoded = {
-        "greedy": greedy(model, features, decode.max_len, decode.no_repeat_ngram, settings["batch_size"]),
-        "beam": beam_search(model, features, decode, settings["batch_size"]),
-    }
+    # The test split is read and decoded a chunk of DECODE_CHUNK_BATCHES batches at a time: what is
+    # kept per study is its decoded tokens and candidates, never its features. Every decoding works
+    # batch by batch and samples per study (seeded by its number in the split), so the chunks give
+    # the reports one pass over the split would.
+    parts: dict[str, list] = {"greedy": [], "beam": [], "candidates": []}
+    chunk = settings["batch_size"] * DECODE_CHUNK_BATCHES
+    chunks = features.chunks(chunk, desc="evaluate: test studies") if len(features) else [(0, features.read(0, 0))]
+    for start, rows in chunks:
+        parts["greedy"].append(greedy(model, rows, decode.max_len, decode.no_repeat_ngram, settings["batch_size"]))
+        parts["beam"].append(beam_search(model, rows, decode, settings["batch_size"]))
+        if decode.rerank_samples:
+            parts["candidates"].append(rerank_candidates(model, rows, parts["beam"][-1].texts(vocab), vocab, decode,
+                                                         first_study=start))
+    decoded = {name: Decoded.concatenate(parts[name]) for name in ("greedy", "beam")}
     texts = {name: d.texts(vocab) for name, d in decoded.items()}
     # The headline reports the last decoding: the beam's, or the one chosen by the findings among the
     # beam's and sampled reports (decode.rerank_samples > 0).
@@ -351,7 +361,7 @@ def run_evaluate(model_name: str, params: dict, model_path: str | Path, prepared
     reference_labels = labeler.label_matrix(references)
     head_alone = None
     if decode.rerank_samples:
-        candidates = rerank_candidates(model, features, texts["beam"], vocab, decode)
+        candidates = Candidates.concatenate(parts["candidates"])
         thresholds = model.decision_thresholds()
         texts[RERANK_AT_HALF] = candidates.choose(None)
         texts[RERANK_FIRST] = candidates.choose(thresholds, consensus=False)

@@ -51,14 +51,32 @@ def _whitened_views(pooled: np.ndarray, mean: np.ndarray, matrix: np.ndarray) ->
     return views.reshape(len(views), -1)
 
 
-def nearest_training_study(train_pooled: np.ndarray, query_pooled: np.ndarray) -> np.ndarray:
-    """Index into the training studies of each query's nearest neighbour (ties: the lowest index)."""
-    mean, matrix = whitening_transform(np.asarray(train_pooled))
-    similarity = _whitened_views(query_pooled, mean, matrix) @ _whitened_views(train_pooled, mean, matrix).T
-    return np.argmax(similarity, axis=1)  # argmax returns the first of equal maxima
+QUERY_CHUNK = 4096   # query studies compared at once
+TRAIN_CHUNK = 4096   # training studies whitened and compared at once
 
 
-def retrieval_reports(train_pooled: np.ndarray, train_texts: list[str], query_pooled: np.ndarray) -> list[str]:
+def nearest_training_study(train_pooled, query_pooled) -> np.ndarray:
+    """Index into the training studies of each query's nearest neighbour (ties: the lowest index).
+
+    Both are (N, 2, F) arrays or sharded arrays of the feature store, read a chunk at a time: the
+    similarity is taken block by block (QUERY_CHUNK x TRAIN_CHUNK), keeping each query's best so
+    far, so memory does not grow with either split (the training chunks are whitened again for
+    each block of queries: one block at IU size)."""
+    mean, matrix = whitening_transform(train_pooled)
+    nearest = np.zeros(len(query_pooled), np.int64)
+    for q_start in range(0, len(query_pooled), QUERY_CHUNK):
+        queries = _whitened_views(query_pooled[q_start:q_start + QUERY_CHUNK], mean, matrix)
+        best = np.full(len(queries), -np.inf)
+        for t_start in range(0, len(train_pooled), TRAIN_CHUNK):
+            similarity = queries @ _whitened_views(train_pooled[t_start:t_start + TRAIN_CHUNK], mean, matrix).T
+            column = np.argmax(similarity, axis=1)  # argmax returns the first of equal maxima
+            value = similarity[np.arange(len(queries)), column]
+            better = value > best                   # strictly: an earlier chunk keeps its ties
+            best[better], nearest[q_start:q_start + len(queries)][better] = value[better], t_start + column[better]
+    return nearest
+
+
+def retrieval_reports(train_pooled, train_texts: list[str], query_pooled) -> list[str]:
     nearest = nearest_training_study(train_pooled, query_pooled)
     return [train_texts[i] for i in nearest]
 

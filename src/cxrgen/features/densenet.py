@@ -20,16 +20,19 @@ Preprocessing, as CheXNet-Keras trained (and as Keras' DenseNet ImageNet weights
 mode): the grayscale uint8 image is repeated into 3 channels, scaled to [0, 1] by /255, then each
 channel is normalised with the ImageNet mean (0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225).
 
+Output: per split, shards of at most `features.shard_studies` studies, one plain float16 .npy file
+per shard and key (spatial, pooled), and features.json listing them (cxrgen.features.store). One
+process can compute a range of the shards (`--shards START:STOP`), so several can share the work.
+
 Determinism: seeds are fixed, TensorFlow's op determinism is on, the tf.data pipeline keeps order,
-and the .npz files are written with fixed zip timestamps, so the same inputs and params give
-byte-identical files on the same software and hardware. Features are stored as float16.
+and the .npy files have no timestamps, so the same inputs and params give byte-identical files on
+the same software and hardware. Features are stored as float16.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +44,8 @@ from tqdm import tqdm
 
 from cxrgen.device import describe_device
 from cxrgen.errors import BadInput, CxrgenError
-from cxrgen.files import atomic_path, sha256_of, write_json_atomic
+from cxrgen.features import store
+from cxrgen.files import sha256_of, write_json_atomic
 from cxrgen.params import check_keys
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -51,14 +55,12 @@ HEAD_LAYER = "predictions"    # CheXNet-Keras' name for its Dense(14)
 SPATIAL_LAYER = "relu"        # DenseNet121's final BN + ReLU, just before the average pooling
 POOLED_LAYER = "avg_pool"
 WEIGHT_CHOICES = ("random", "imagenet", "<path to CheXNet best_weights.h5>")
-FEATURES_KEYS = ("weights", "imagenet_path", "batch_size", "seed", "runtime")
+FEATURES_KEYS = ("weights", "imagenet_path", "batch_size", "seed", "runtime", "shard_studies")
 # What runs the network: TensorFlow, or OpenVINO's CPU runtime on the same Keras model, converted
 # (float32 throughout: outputs agree with TensorFlow's to ~1e-6 relative, 3-4x faster on a 2-core
 # CPU, see metrics/speed.json "features"). auto: OpenVINO where it is installed and no GPU is
 # visible to TensorFlow, else TensorFlow.
 RUNTIMES = ("auto", "tensorflow", "openvino")
-# A fixed zip timestamp: np.savez stamps the current time, which would make outputs differ per run.
-ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 PREPROCESS_THREADS = max(1, min(8, os.cpu_count() or 1))
 PREFETCH_BATCHES = 2
 
@@ -397,18 +399,7 @@ class FeatureExtractor:
 
 
 # ---------------------------------------------------------------------------------------------
-# Output files
-
-
-def save_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
-    """np.savez's format (np.load reads it), uncompressed, with fixed timestamps: same arrays, same bytes."""
-    with atomic_path(path) as tmp:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
-            for key in sorted(arrays):
-                info = zipfile.ZipInfo(f"{key}.npy", date_time=ZIP_EPOCH)
-                info.external_attr = 0o644 << 16
-                with archive.open(info, "w", force_zip64=True) as member:
-                    np.lib.format.write_array(member, np.ascontiguousarray(arrays[key]), allow_pickle=False)
+# Output files (see cxrgen.features.store for the layout)
 
 
 def load_images(path: str | Path) -> np.ndarray:
@@ -425,27 +416,57 @@ def feature_arrays(spatial: np.ndarray, pooled: np.ndarray) -> dict[str, np.ndar
     return {"spatial": spatial, "pooled": pooled}
 
 
+def shard_plan(counts: dict[str, int], shard_studies: int) -> list[tuple[str, int, int, int]]:
+    """Every shard the stage writes, in the order it writes them: (split, index, first row, stop row)
+    for each split's shards in turn, then the blank control's one. `--shards START:STOP` picks a
+    range of this list."""
+    plan = [(split, index, start, stop) for split, count in counts.items()
+            for index, (start, stop) in enumerate(store.shard_ranges(count, shard_studies))]
+    return plan + [(store.BLANK, 0, 0, 1)]
+
+
+def _complete(out_dir: Path, plan: list[tuple[str, int, int, int]]) -> bool:
+    return all(store.shard_path(out_dir, split, key, index).is_file()
+               for split, index, _, _ in plan for key in store.KEYS)
+
+
 def run_features(prepared_dir: str | Path, out_dir: str | Path, params: dict, splits: tuple[str, ...],
-                 params_path: str | Path = "params.yaml", data_source: str | None = None) -> dict:
-    """The whole stage: every split, the blank control, and the description (returned and written)."""
+                 params_path: str | Path = "params.yaml", data_source: str | None = None,
+                 shards: tuple[int, int] | None = None) -> dict | None:
+    """The stage: every split's shards, the blank control, and the description (returned and written).
+
+    shards=(start, stop): only those entries of shard_plan (stop -1: to the end), so that several
+    processes or machines can share the work on one folder; the one that finds every shard in place
+    when it is done writes features.json (and returns the description; the others return None).
+    """
     prepared_dir, out_dir = Path(prepared_dir), Path(out_dir)
     cfg = check_keys(params.get("features"), FEATURES_KEYS, "features", params_path)
     image_size = int(check_keys(params.get("image"), ("size",), "image", params_path).get("size", 224))
     seed = int(cfg.get("seed", 0))
+    shard_studies = store.check_shard_studies(cfg.get("shard_studies", store.DEFAULT_SHARD_STUDIES), params_path)
     choice = resolve_weights(cfg, params_path)
     # Fail on a missing or mismatched input before spending minutes on the network.
     images = {split: load_images(prepared_dir / f"images_{split}.npy") for split in splits}
     for split, array in images.items():
         check_images(array, prepared_dir / f"images_{split}.npy", image_size)
+    plan = shard_plan({split: len(array) for split, array in images.items()}, shard_studies)
+    start, stop = shards if shards is not None else (0, len(plan))
+    stop = len(plan) if stop < 0 else stop
+    if not 0 <= start < stop <= len(plan):
+        raise BadInput("--shards", f"{start}:{stop} is not a range of this collection's {len(plan)} shards "
+                                   f"(0:{len(plan)}; {shard_studies} studies per shard, the blank control last)")
     extractor = FeatureExtractor(load_network(choice, image_size, seed), cfg.get("batch_size", 16),
                                  cfg.get("runtime", "auto"))
 
-    for split, array in images.items():
-        spatial, pooled = extractor.extract(array, desc=f"features {split}")
-        save_npz(out_dir / f"features_{split}.npz", feature_arrays(spatial, pooled))
     blank = np.zeros((1, 2, image_size, image_size), np.uint8)   # two all-black images: the control
-    save_npz(out_dir / "blank.npz", feature_arrays(*extractor.extract(blank, desc="features blank")))
+    for split, index, first, last in plan[start:stop]:
+        source = blank if split == store.BLANK else images[split][first:last]
+        label = f"features {split}" + (f" shard {index}" if split != store.BLANK and len(plan) > len(splits) + 1 else "")
+        store.write_shard(out_dir, split, index, feature_arrays(*extractor.extract(source, desc=label)))
+    if not _complete(out_dir, plan):
+        return None
 
+    counts = {split: int(len(array)) for split, array in images.items()}
     description = {
         "weights": choice.record(),
         "weights_sha256": choice.sha256,
@@ -457,7 +478,11 @@ def run_features(prepared_dir: str | Path, out_dir: str | Path, params: dict, sp
         "dtype": "float16",
         "network": "DenseNet121 (keras.applications), final BN+ReLU map and its global average",
         "preprocessing": "gray repeated to RGB, /255, ImageNet mean/std per channel",
-        "counts": {split: int(len(array)) for split, array in images.items()},
+        "counts": counts,
+        "shard_studies": shard_studies,
+        "splits": {**{split: {"studies": count, "shards": store.shard_count(count, shard_studies)}
+                      for split, count in counts.items()},
+                   store.BLANK: {"studies": 1, "shards": 1}},
         "data_source": data_source,
         "device": describe_device(),
     }

@@ -110,6 +110,13 @@ class Decoded:
     def texts(self, vocab: Vocab) -> list[str]:
         return [vocab.decode(row) for row in self.tokens]
 
+    @staticmethod
+    def concatenate(parts: list[Decoded]) -> Decoded:
+        """The studies of `parts` (decoded chunk by chunk), one after the other."""
+        attention = None if parts[0].attention is None else np.concatenate([p.attention for p in parts])
+        return Decoded(*(np.concatenate([getattr(p, key) for p in parts])
+                         for key in ("tokens", "log_probs", "scores", "lengths", "finished")), attention)
+
 
 def length_factors(steps: int, alpha: float) -> np.ndarray:
     """((5 + L) / 6) ** alpha for L = 0..steps: one table so every score divides by the same bits."""
@@ -187,11 +194,7 @@ def beam_search(model: ReportGenerator, features, settings: DecodeSettings, batc
     features = _check_features(model, features)
     parts = [_beam_search_batch(model, features[start:start + batch_size], settings)
              for start in range(0, len(features), batch_size)]
-    if not parts:
-        parts = [_empty(model, settings)]
-    attention = None if parts[0].attention is None else np.concatenate([p.attention for p in parts])
-    return Decoded(*(np.concatenate([getattr(p, key) for p in parts])
-                     for key in ("tokens", "log_probs", "scores", "lengths", "finished")), attention)
+    return Decoded.concatenate(parts or [_empty(model, settings)])
 
 
 def _empty(model: ReportGenerator, settings: DecodeSettings) -> Decoded:
@@ -351,10 +354,12 @@ def _collect(model: ReportGenerator, results: list, steps: int) -> Decoded:
 
 
 def sample(model: ReportGenerator, features, n: int, temperature: float, max_len: int, seed: int,
-           batch_size: int = 32) -> np.ndarray:
+           batch_size: int = 32, first_study: int = 0) -> np.ndarray:
     """(N, n, max_len - 1) token ids: n reports per study drawn from the decoder (Gumbel-max at
     `temperature`; <pad> after <end>). Study i draws from its own generator, seeded by (seed, i), so
-    its samples do not depend on the batch size or on the other studies."""
+    its samples do not depend on the batch size or on the other studies. `first_study`: the number
+    of the first of `features` when a split is sampled chunk by chunk (study i of the chunk is
+    study first_study + i of the split)."""
     features = _check_features(model, features)
     _, step = _compiled(model)
     steps = max_len - 1
@@ -363,7 +368,7 @@ def sample(model: ReportGenerator, features, n: int, temperature: float, max_len
         batch = features[start:start + batch_size]
         context, states = _encode_copies(model, batch, n)
         rows = len(batch) * n
-        generators = [np.random.default_rng((seed, start + i)) for i in range(len(batch))]
+        generators = [np.random.default_rng((seed, first_study + start + i)) for i in range(len(batch))]
         # live: the rows the decoder still runs, in order; a finished row (its <end> written) is
         # dropped from the tensors once a quarter of them are finished, so the long tail of a few
         # long samples does not run every row to max_len. Every study draws its noise for all of
@@ -420,6 +425,12 @@ class Candidates:
     """Per study, the reports to choose among (the beam's first) and the head's probabilities (N, 14)."""
     texts: list[list[str]]
     probabilities: np.ndarray
+
+    @staticmethod
+    def concatenate(parts: list[Candidates]) -> Candidates:
+        """The studies of `parts` (chunks of a split), one after the other."""
+        return Candidates([texts for part in parts for texts in part.texts],
+                          np.concatenate([part.probabilities for part in parts]))
 
     @cached_property
     def stated(self) -> list[np.ndarray]:
@@ -496,8 +507,9 @@ def consensus_scores(texts: list[str], population: list[str]) -> np.ndarray:
 
 
 def rerank_candidates(model: ReportGenerator, features, beam_texts: list[str], vocab: Vocab,
-                      settings: DecodeSettings, batch_size: int = 32) -> Candidates:
-    """Each study's beam report and `settings.rerank_samples` sampled ones, with the head's probabilities."""
+                      settings: DecodeSettings, batch_size: int = 32, first_study: int = 0) -> Candidates:
+    """Each study's beam report and `settings.rerank_samples` sampled ones, with the head's
+    probabilities. `first_study`: see `sample` (a split reranked chunk by chunk)."""
     features = _check_features(model, features)
     if getattr(model, "finding_classifier", None) is None:
         raise BadInput("params.yaml", f"decode.rerank_samples needs a finding head, and this {model.name} model "
@@ -506,7 +518,7 @@ def rerank_candidates(model: ReportGenerator, features, beam_texts: list[str], v
         raise BadInput("features", f"{len(features)} studies but {len(beam_texts)} beam reports")
     probabilities = np.asarray(model.finding_probabilities(tf.convert_to_tensor(features)))
     sampled = sample(model, features, settings.rerank_samples, settings.rerank_temperature, settings.max_len,
-                     settings.rerank_seed, batch_size)
+                     settings.rerank_seed, batch_size, first_study)
     return Candidates([[beam_texts[study]] + [vocab.decode(row) for row in rows] for study, rows in enumerate(sampled)],
                       probabilities)
 

@@ -102,9 +102,10 @@ class ReportGenerator(keras.Model):
         self.feature_whitening = self.add_weight(shape=(self.feature_dim, self.feature_dim), initializer="identity",
                                                  trainable=False, name="feature_whitening")
 
-    def set_feature_statistics(self, features: np.ndarray) -> None:
-        """Whiten with these (training) features (cxrgen.whitening)."""
-        mean, matrix = whitening_transform(features)
+    def set_feature_statistics(self, features: np.ndarray, transform=None) -> None:
+        """Whiten with these (training) features (cxrgen.whitening), read a chunk at a time
+        (an array, or a sharded array of the feature store); `transform` maps each chunk first."""
+        mean, matrix = whitening_transform(features, transform=transform, desc="whitening statistics")
         self.feature_mean.assign(mean.astype(np.float32))
         self.feature_whitening.assign(matrix.astype(np.float32))
 
@@ -384,15 +385,15 @@ class AttentionGenerator(ReportGenerator):
         self.logits_dense.build((None, self.units))
         self.built = True
 
-    def set_feature_statistics(self, features: np.ndarray) -> None:
+    def set_feature_statistics(self, features: np.ndarray, transform=None) -> None:
         """Region vectors of features: whitened with the regions' statistics. Region vectors of
         findings: whitened with the statistics of the views' pooled vectors (each view's mean
         region), the vectors the finding head classifies; its per-region evidence then averages to
         a classifier of the pooled vectors, as the baseline's."""
-        if self.region_input == "findings":
-            features = np.concatenate([np.asarray(features[start:start + 256], np.float32).mean(axis=2)
-                                       for start in range(0, max(len(features), 1), 256)])
-        super().set_feature_statistics(features)
+        # Chunk by chunk (whitening_transform reads the features a chunk at a time): the views'
+        # pooled vectors of the whole split are never held at once.
+        super().set_feature_statistics(features, transform=(lambda chunk: chunk.mean(axis=2))
+                                       if self.region_input == "findings" else None)
 
     def view_scores(self, whitened):
         """Whitened features (N, 2, [49,] F) -> finding scores (N, 2, [49,] folds, findings), each

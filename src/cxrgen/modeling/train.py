@@ -4,20 +4,25 @@ One run of `train`:
 1. the model learns the training reports from the real image features; early stopping and the
    choice of the kept weights look at the validation loss only (the test split is never read);
 2. with `train.image_control` on, the same model (same seed, same settings) learns again with every
-   study given the features of two black images (data/features/blank.npz). That model can only
+   study given the features of two black images (data/features/blank/). That model can only
    learn the language of the reports, so the gap between the two validation losses is what the
    images are worth. A model that does not beat its blank-image twin does not use the images.
 
 Losses are the cross-entropy of the next word averaged over real tokens (<pad> left out). The
 metrics' `val_loss` / `train_loss` are computed once more at the end over the whole split with
 dropout off (exact token averages; Keras's per-epoch curves average per-batch values).
+
+Features are streamed from the feature store's shards (cxrgen.features.store), never loaded whole:
+the training batches come from a tf.data pipeline that reads the shard files, shuffled with a
+buffer of `train.shuffle_buffer` studies; the whitening statistics, the final loss passes and the
+finding head's probabilities read the split a chunk at a time. What is held per study is small
+(token ids, finding targets, folds), so memory does not grow with the collection beyond that.
 """
 
 from __future__ import annotations
 
 import hashlib
 import weakref
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +36,8 @@ from cxrgen.data.text import tokenize
 from cxrgen.data.vocab import PAD_ID, Vocab
 from cxrgen.device import describe_device
 from cxrgen.errors import BadInput
-from cxrgen.files import read_json, write_json_atomic
+from cxrgen.features.store import FeatureStore, ShardedArray
+from cxrgen.files import write_json_atomic
 from cxrgen.modeling import distributed
 from cxrgen.modeling.models import (
     MODELS,
@@ -55,6 +61,8 @@ TRAIN_DEFAULTS = {
     "image_control": True,      # also train on blank-image features and report the gap
     "deterministic": True,      # tf.config.experimental.enable_op_determinism
     "length_grouping": 20,      # batches of similar lengths: see make_dataset (0 = plain random batches)
+    "shuffle_buffer": 4096,     # studies in the shuffle buffer (>= the training split: a full shuffle)
+    "max_steps": 0,             # > 0: each fit runs this many training batches in all, then stops
 }
 STRATEGIES = ("none", "mirrored", "multi_worker")
 BLANK_PREFIX = "blank_images/"
@@ -71,6 +79,11 @@ def train_settings(params: dict) -> dict:
     for key in ("epochs", "batch_size", "patience"):
         if not isinstance(settings[key], int) or settings[key] < 1:
             raise BadInput("params.yaml", f"train.{key} must be a positive integer, not {settings[key]!r}")
+    for key in ("shuffle_buffer", "max_steps"):
+        value = settings[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < (1 if key == "shuffle_buffer" else 0):
+            raise BadInput("params.yaml", f"train.{key} must be a whole number >= "
+                                          f"{1 if key == 'shuffle_buffer' else 0}, not {value!r}")
     grouping = settings["length_grouping"]
     if not isinstance(grouping, int) or isinstance(grouping, bool) or grouping < 0:
         raise BadInput("params.yaml", f"train.length_grouping must be a whole number >= 0, not {grouping!r}")
@@ -87,7 +100,7 @@ class TrainingData:
 
     vocab_size: int
     feature_key: str
-    features: dict[str, np.ndarray]   # split -> (N, *feature_shape), float16 as stored
+    features: dict[str, ShardedArray]  # split -> (N, *feature_shape), float16, read from the shards
     tokens: dict[str, np.ndarray]     # split -> (N, T) int32: <start> words <end> <pad>...
     findings: dict[str, np.ndarray]   # split -> (N, observations) float32: the labeler's positives
     blank: np.ndarray                 # (1, *feature_shape): one study of two black images
@@ -108,46 +121,32 @@ def token_matrix(texts, vocab: Vocab) -> np.ndarray:
     return matrix
 
 
-def load_features(path: Path, key: str) -> np.ndarray:
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            if key not in archive.files:
-                raise BadInput(path, f"no '{key}' array (has {sorted(archive.files)})")
-            return archive[key]
-    except FileNotFoundError:
-        raise BadInput(path, "features file not found (run the features stage)") from None
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise BadInput(path, f"not a readable .npz file ({exc})") from None
-
-
 def load_training_data(features_dir: str | Path, prepared_dir: str | Path, feature_key: str,
                        splits: tuple[str, ...] = ("train", "val")) -> TrainingData:
+    """The splits' token ids and finding targets in memory, their features opened in the store (not read)."""
     features_dir, prepared_dir = Path(features_dir), Path(prepared_dir)
     vocab = Vocab.load(prepared_dir / "vocab.json")
     studies_path = prepared_dir / "studies.parquet"
     if not studies_path.exists():
         raise BadInput(studies_path, "not found (run the prepare stage)")
     studies = read_parquet(studies_path)
-    info_path = features_dir / "features.json"
-    info = read_json(info_path, "not found (run the features stage)")
-    blank = load_features(features_dir / "blank.npz", feature_key)
-    if blank.shape[0] != 1:
-        raise BadInput(features_dir / "blank.npz", f"'{feature_key}' should hold one study, has {blank.shape[0]}")
+    feature_store = FeatureStore(features_dir)
+    blank = feature_store.blank(feature_key)
     features, tokens, findings = {}, {}, {}
     for split in splits:
         texts = studies.loc[studies["split"] == split, "text"].tolist()
-        path = features_dir / f"features_{split}.npz"
-        array = load_features(path, feature_key)
-        if array.shape[0] != len(texts):
-            raise BadInput(path, f"{array.shape[0]} rows but studies.parquet has {len(texts)} {split} studies "
-                                 "(rerun the features stage)")
-        if array.shape[1:] != blank.shape[1:]:
-            raise BadInput(path, f"'{feature_key}' rows are {array.shape[1:]}, blank.npz's are {blank.shape[1:]}")
+        array = feature_store.open(split, feature_key)
+        where = array.shards[0].path.parent
+        if len(array) != len(texts):
+            raise BadInput(where, f"{len(array)} rows but studies.parquet has {len(texts)} {split} studies "
+                                  "(rerun the features stage)")
+        if array.row_shape != blank.shape[1:]:
+            raise BadInput(where, f"'{feature_key}' rows are {array.row_shape}, the blank control's are {blank.shape[1:]}")
         if not texts:
             raise BadInput(studies_path, f"the {split} split is empty")
         features[split], tokens[split] = array, token_matrix(texts, vocab)
         findings[split] = positive_matrix(label_matrix(texts)).astype(np.float32)
-    return TrainingData(len(vocab), feature_key, features, tokens, findings, blank, info)
+    return TrainingData(len(vocab), feature_key, features, tokens, findings, blank, feature_store.info)
 
 
 def study_folds(n_studies: int, folds: int, seed: int) -> np.ndarray:
@@ -159,10 +158,17 @@ def study_folds(n_studies: int, folds: int, seed: int) -> np.ndarray:
     return assignment
 
 
-def make_dataset(features: np.ndarray, tokens: np.ndarray, batch_size: int, shuffle: bool = False,
+def make_dataset(features: np.ndarray | ShardedArray, tokens: np.ndarray, batch_size: int, shuffle: bool = False,
                  seed: int = 0, blank: bool = False, findings: np.ndarray | None = None,
-                 folds: np.ndarray | None = None, length_grouping: int = 0) -> tf.data.Dataset:
+                 folds: np.ndarray | None = None, length_grouping: int = 0,
+                 shuffle_buffer: int | None = None) -> tf.data.Dataset:
     """Batches of ({"features", "tokens": ids[:-1]}, next ids = ids[1:]) (teacher forcing).
+
+    features: the feature store's sharded array (streamed from its files, see ShardedArray.dataset)
+    or an array in memory (tests; the blank control).
+    shuffle_buffer: studies held by the shuffle (None: the whole split). A buffer at least as large
+    as the split shuffles it whole, the same order whatever the shards; a smaller one bounds memory
+    for large collections (each study is then drawn from the next `shuffle_buffer` in file order).
 
     blank=True: `features` is ONE study's features, given to every study (the image control).
     findings: (N, observations) targets of the finding head, added to the inputs when given;
@@ -189,15 +195,23 @@ def make_dataset(features: np.ndarray, tokens: np.ndarray, batch_size: int, shuf
         constant = tf.constant(features[0])
         dataset, token_index = tf.data.Dataset.from_tensor_slices(rows), 0
         to_pair = lambda *row: pair(constant, *row)  # noqa: E731
+    elif isinstance(features, ShardedArray):
+        if len(features) != len(tokens):
+            raise ValueError(f"{len(features)} feature rows for {len(tokens)} token rows")
+        # The features streamed from their files beside the (small) per-study arrays held in memory.
+        dataset = tf.data.Dataset.zip((features.dataset(), tf.data.Dataset.from_tensor_slices(rows)))
+        dataset = dataset.map(lambda study_features, columns: (study_features, *columns))
+        token_index, to_pair = 1, pair
     else:
         dataset, token_index, to_pair = tf.data.Dataset.from_tensor_slices((features, *rows)), 1, pair
     if shuffle:
-        dataset = dataset.shuffle(len(tokens), seed=seed, reshuffle_each_iteration=True)
+        buffer = len(tokens) if shuffle_buffer is None else max(1, min(int(shuffle_buffer), len(tokens)))
+        dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
         if length_grouping:
             dataset = _group_by_length(dataset, batch_size * length_grouping, token_index)
     options = tf.data.Options()
     options.deterministic = True
-    # In-memory arrays: MirroredStrategy splits each batch between the replicas (no files to shard).
+    # MirroredStrategy splits each batch between the replicas (the shards are not split by file).
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     dataset = dataset.map(to_pair).batch(batch_size).map(_trim_padding)
     if shuffle and length_grouping:
@@ -318,7 +332,12 @@ def fit(model_name: str, sizes: dict, settings: dict, data: TrainingData, strate
     folds = study_folds(len(data.tokens["train"]), model.finding_folds, settings["seed"])
     train_set = make_dataset(source["train"], data.tokens["train"], settings["batch_size"], shuffle=True,
                              seed=settings["seed"], blank=blank, findings=data.findings["train"], folds=folds,
-                             length_grouping=settings["length_grouping"])
+                             length_grouping=settings["length_grouping"], shuffle_buffer=settings["shuffle_buffer"])
+    epochs = settings["epochs"]
+    if settings["max_steps"]:
+        # A fixed amount of training (benchmarks, smoke runs): max_steps batches as one epoch (the
+        # epochs' orders one after the other), then one validation.
+        train_set, epochs = train_set.repeat().take(settings["max_steps"]), 1
     val_set = make_dataset(source["val"], data.tokens["val"], settings["batch_size"], blank=blank)
     stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=settings["patience"],
                                             restore_best_weights=True)  # restores at the end in Keras 3
@@ -328,7 +347,7 @@ def fit(model_name: str, sizes: dict, settings: dict, data: TrainingData, strate
                                                              settings["batch_size"], blank=blank),
             settings["epochs"], settings["patience"], callbacks, verbose)
         return FitResult(model, best_epoch, len(history["val_loss"]), history)
-    history = model.fit(train_set, validation_data=val_set, epochs=settings["epochs"],
+    history = model.fit(train_set, validation_data=val_set, epochs=epochs,
                         callbacks=[stopper, *(callbacks or [])], shuffle=False, verbose=verbose)
     val_curve = history.history["val_loss"]
     return FitResult(model, int(np.argmin(val_curve)) + 1, len(val_curve), history.history)
@@ -359,7 +378,7 @@ def _loss_sums(model: ReportGenerator):
     return _LOSS_SUMS[model]
 
 
-def token_loss(model: ReportGenerator, features: np.ndarray, tokens: np.ndarray, batch_size: int,
+def token_loss(model: ReportGenerator, features: np.ndarray | ShardedArray, tokens: np.ndarray, batch_size: int,
                blank: bool = False) -> float:
     """Mean cross-entropy per real token over a whole split, dropout off."""
     sums = _loss_sums(model)
@@ -371,7 +390,7 @@ def token_loss(model: ReportGenerator, features: np.ndarray, tokens: np.ndarray,
     return total / max(count, 1.0)
 
 
-def study_token_losses(model: ReportGenerator, features: np.ndarray, tokens: np.ndarray, batch_size: int,
+def study_token_losses(model: ReportGenerator, features: np.ndarray | ShardedArray, tokens: np.ndarray, batch_size: int,
                        blank: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Per study, dropout off: the summed cross-entropy of its real tokens, and their count."""
     sums, counts = [], []
@@ -412,8 +431,8 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     return float((ranks[labels].sum() - positives * (positives + 1) / 2.0) / (positives * negatives))
 
 
-def head_probabilities(model: ReportGenerator, features: np.ndarray, batch_size: int) -> np.ndarray:
-    """(N, findings) the finding head's probabilities, a batch at a time."""
+def head_probabilities(model: ReportGenerator, features: np.ndarray | ShardedArray, batch_size: int) -> np.ndarray:
+    """(N, findings) the finding head's probabilities, a batch at a time (read a batch at a time)."""
     return np.concatenate([
         keras.ops.convert_to_numpy(model.finding_probabilities(tf.cast(features[start:start + batch_size], tf.float32)))
         for start in range(0, len(features), batch_size)])

@@ -3,23 +3,38 @@ the retrieval floor measures its distances in, so both see the image features th
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+
 import numpy as np
+from tqdm import tqdm
 
 REGULARISATION = 0.01  # eigenvalue floor, as a fraction of the mean eigenvalue
+CHUNK = 256            # studies read and accumulated at a time
 SCALE_FLOOR = 0.1      # channel scale floor, as a fraction of the median channel's standard deviation
 
 
-def whitening_transform(features: np.ndarray, regularisation: float = REGULARISATION) -> tuple[np.ndarray, np.ndarray]:
+def whitening_transform(features: np.ndarray, regularisation: float = REGULARISATION,
+                        transform: Callable[[np.ndarray], np.ndarray] | None = None,
+                        desc: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(mean (F,), matrix (F, F)) such that (x - mean) @ matrix is whitened; channel = last axis.
 
     Channels are standardised first (constant ones keep scale 1), then decorrelated with
     eigenvalues floored at `regularisation` x their mean, so near-empty directions are not blown
-    up into noise. Statistics are accumulated in chunks (IU-size spatial maps are ~1.5 GB as float64).
+    up into noise. Statistics are accumulated in chunks of CHUNK studies (IU-size spatial maps are
+    ~1.5 GB as float64): `features` is anything with len() and row slices, an array or a sharded
+    feature store array (cxrgen.features.store), which then reads one chunk at a time.
+    `transform`, when given, is applied to each chunk first (e.g. the mean over the regions).
     """
     dim = features.shape[-1]
     total, products, count = np.zeros(dim), np.zeros((dim, dim)), 0
-    for start in range(0, len(features), 256):
-        chunk = np.asarray(features[start:start + 256], np.float64).reshape(-1, dim)
+    starts = range(0, len(features), CHUNK)
+    for start in tqdm(starts, desc=desc, unit=" chunks", file=sys.stderr, mininterval=2,
+                      disable=desc is None or len(starts) < 8):
+        chunk = np.asarray(features[start:start + CHUNK], np.float32 if transform else np.float64)
+        if transform is not None:
+            chunk = transform(chunk)
+        chunk = np.asarray(chunk, np.float64).reshape(-1, dim)
         total += chunk.sum(axis=0)
         products += chunk.T @ chunk
         count += len(chunk)

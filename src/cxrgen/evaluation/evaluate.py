@@ -13,7 +13,7 @@ The test split is only read here: nothing in training or floor choice looks at i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,7 @@ from cxrgen.device import describe_device
 from cxrgen.errors import BadInput
 from cxrgen.evaluation import floors, scores
 from cxrgen.evaluation.systems import DECODINGS, FLOOR_STAGE_SYSTEMS, FLOORS, ORACLE, RERANK_AT_HALF, RERANK_FIRST
-from cxrgen.features.store import FeatureStore
+from cxrgen.features.store import FeatureStore, return_large_buffers_to_the_system
 from cxrgen.files import read_json, write_json_atomic
 from cxrgen.params import with_defaults
 from cxrgen.tables import read_parquet, write_parquet
@@ -329,6 +329,7 @@ def run_evaluate(model_name: str, params: dict, model_path: str | Path, prepared
 
     settings = evaluate_settings(params)
     decode = DecodeSettings.from_params(params)
+    return_large_buffers_to_the_system()   # peak memory must not creep with the number of batches
     prepared_dir, features_dir, plots_dir = Path(prepared_dir), Path(features_dir), Path(plots_dir)
     studies = load_studies(prepared_dir)
     report_ids, references = split_texts(studies, "test")
@@ -347,8 +348,10 @@ def run_evaluate(model_name: str, params: dict, model_path: str | Path, prepared
     chunk = settings["batch_size"] * DECODE_CHUNK_BATCHES
     chunks = features.chunks(chunk, desc="evaluate: test studies") if len(features) else [(0, features.read(0, 0))]
     for start, rows in chunks:
-        parts["greedy"].append(greedy(model, rows, decode.max_len, decode.no_repeat_ngram, settings["batch_size"]))
-        parts["beam"].append(beam_search(model, rows, decode, settings["batch_size"]))
+        # The attention weights (23 KB a study) are not scored: they are dropped chunk by chunk.
+        parts["greedy"].append(replace(greedy(model, rows, decode.max_len, decode.no_repeat_ngram,
+                                              settings["batch_size"]), attention=None))
+        parts["beam"].append(replace(beam_search(model, rows, decode, settings["batch_size"]), attention=None))
         if decode.rerank_samples:
             parts["candidates"].append(rerank_candidates(model, rows, parts["beam"][-1].texts(vocab), vocab, decode,
                                                          first_study=start))

@@ -43,6 +43,8 @@ DEFAULT_SHARD_STUDIES = 4096
 DTYPE = np.dtype("<f2")
 READ_BUFFER = 4 << 20            # bytes FixedLengthRecordDataset reads from a file at once
 RERUN = "rerun the features stage"
+M_MMAP_THRESHOLD = -3            # glibc's mallopt parameter
+LARGE_BUFFER = 1 << 20           # bytes from which a freed buffer goes back to the system
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,6 +332,23 @@ class FeatureStore:
         return array.read_all()
 
 
+def return_large_buffers_to_the_system(threshold: int = LARGE_BUFFER) -> bool:
+    """Have glibc's malloc serve every block of `threshold` bytes or more with its own mmap, given
+    back to the system when freed (mallopt M_MMAP_THRESHOLD; a fixed threshold also stops glibc
+    from raising it as it sees large blocks freed). Streaming thousands of batches of a few MB
+    each (TensorFlow allocates tensors with malloc) otherwise leaves the heap fragmented, and the
+    process's peak memory creeps up with the number of batches, i.e. with the collection. Returns
+    False where there is no glibc (nothing changes there)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, int(threshold)))
+    except (OSError, AttributeError):
+        return False
+
+
 def parse_range(text: str) -> tuple[int, int]:
     """"START:STOP" (either may be empty) → (start, stop), stop -1 for "to the end"."""
     try:
@@ -340,5 +359,5 @@ def parse_range(text: str) -> tuple[int, int]:
 
 
 __all__ = ["BLANK", "DEFAULT_SHARD_STUDIES", "FeatureStore", "KEYS", "ShardedArray", "check_shard_studies",
-           "parse_range", "shard_count", "shard_path", "shard_ranges", "write_npy", "write_shard",
+           "parse_range", "return_large_buffers_to_the_system", "shard_count", "shard_path", "shard_ranges", "write_npy", "write_shard",
            "write_split", "write_store"]

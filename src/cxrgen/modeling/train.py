@@ -36,7 +36,7 @@ from cxrgen.data.text import tokenize
 from cxrgen.data.vocab import PAD_ID, Vocab
 from cxrgen.device import describe_device
 from cxrgen.errors import BadInput
-from cxrgen.features.store import FeatureStore, ShardedArray
+from cxrgen.features.store import FeatureStore, ShardedArray, return_large_buffers_to_the_system
 from cxrgen.files import write_json_atomic
 from cxrgen.modeling import distributed
 from cxrgen.modeling.models import (
@@ -66,6 +66,7 @@ TRAIN_DEFAULTS = {
 }
 STRATEGIES = ("none", "mirrored", "multi_worker")
 BLANK_PREFIX = "blank_images/"
+PREFETCH_BATCHES = 2
 FOLDS_KEY = 7  # seeds the cross-fitting folds apart from the shuffle
 THRESHOLD_GRID = tuple(round(0.05 * k, 2) for k in range(1, 20))   # 0.05 ... 0.95
 CALIBRATION_MIN_POSITIVES = 5   # fewer val positives: the threshold stays at 0.5 (too few to choose by)
@@ -227,7 +228,9 @@ def make_dataset(features: np.ndarray | ShardedArray, tokens: np.ndarray, batch_
         # divisor, as random batches give. Only training batches: the val loss stays a token mean.
         mean_tokens = mean_target_tokens(tokens)
         dataset = dataset.map(lambda inputs, targets: (inputs, targets, _batch_token_weights(targets, mean_tokens)))
-    return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+    # A fixed prefetch: AUTOTUNE may grow the buffer over a long pass (its budget is half the RAM),
+    # and a pass over a large split is long.
+    return dataset.with_options(options).prefetch(PREFETCH_BATCHES)
 
 
 def _batch_token_weights(targets, mean_tokens: float):
@@ -496,6 +499,7 @@ def train(model_name: str, params: dict, features_dir: str | Path, prepared_dir:
         raise BadInput("params.yaml", f"unknown model {model_name!r}; choose one of {sorted(MODELS)}")
     settings = train_settings(params)
     sizes = (params.get("model") or {}).get(model_name) or {}
+    return_large_buffers_to_the_system()   # peak memory must not creep with the number of batches
     # The strategy first: a multi-worker one must exist before TensorFlow runs anything.
     strategy = make_strategy(settings["strategy"])
     if settings["deterministic"]:

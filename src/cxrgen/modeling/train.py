@@ -60,7 +60,7 @@ TRAIN_DEFAULTS = {
     "strategy": "none",         # none | mirrored (all GPUs, or all logical CPU devices)
     "image_control": True,      # also train on blank-image features and report the gap
     "deterministic": True,      # tf.config.experimental.enable_op_determinism
-    "length_grouping": 20,      # batches of similar lengths: see make_dataset (0 = plain random batches)
+    "length_grouping": 0,       # > 0: batches of similar lengths, see make_dataset (0 = plain random batches)
     "shuffle_buffer": 4096,     # studies in the shuffle buffer (>= the training split: a full shuffle)
     "max_steps": 0,             # > 0: each fit runs this many training batches in all, then stops
 }

@@ -44,7 +44,8 @@ DTYPE = np.dtype("<f2")
 READ_BUFFER = 4 << 20            # bytes FixedLengthRecordDataset reads from a file at once
 RERUN = "rerun the features stage"
 M_MMAP_THRESHOLD = -3            # glibc's mallopt parameter
-LARGE_BUFFER = 1 << 20           # bytes from which a freed buffer goes back to the system
+LARGE_BUFFER = 1 << 17           # bytes from which a freed buffer goes back to the system: 128 KB,
+                                 # below one study's spatial maps (200 KB), which the shuffle churns
 
 
 # ---------------------------------------------------------------------------------------------

@@ -61,12 +61,11 @@ TRAIN_DEFAULTS = {
     "image_control": True,      # also train on blank-image features and report the gap
     "deterministic": True,      # tf.config.experimental.enable_op_determinism
     "length_grouping": 0,       # > 0: batches of similar lengths, see make_dataset (0 = plain random batches)
-    "shuffle_buffer": 4096,     # studies in the shuffle buffer (>= the training split: a full shuffle)
+    "shuffle_buffer": 2560,     # studies in the shuffle buffer (>= the training split: a full shuffle)
     "max_steps": 0,             # > 0: each fit runs this many training batches in all, then stops
 }
 STRATEGIES = ("none", "mirrored", "multi_worker")
 BLANK_PREFIX = "blank_images/"
-PREFETCH_BATCHES = 2
 FOLDS_KEY = 7  # seeds the cross-fitting folds apart from the shuffle
 THRESHOLD_GRID = tuple(round(0.05 * k, 2) for k in range(1, 20))   # 0.05 ... 0.95
 CALIBRATION_MIN_POSITIVES = 5   # fewer val positives: the threshold stays at 0.5 (too few to choose by)
@@ -228,9 +227,7 @@ def make_dataset(features: np.ndarray | ShardedArray, tokens: np.ndarray, batch_
         # divisor, as random batches give. Only training batches: the val loss stays a token mean.
         mean_tokens = mean_target_tokens(tokens)
         dataset = dataset.map(lambda inputs, targets: (inputs, targets, _batch_token_weights(targets, mean_tokens)))
-    # A fixed prefetch: AUTOTUNE may grow the buffer over a long pass (its budget is half the RAM),
-    # and a pass over a large split is long.
-    return dataset.with_options(options).prefetch(PREFETCH_BATCHES)
+    return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
 def _batch_token_weights(targets, mean_tokens: float):

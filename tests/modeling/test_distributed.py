@@ -74,6 +74,9 @@ def test_two_workers_on_loopback_train_one_model(tmp_path, project_root):
     processes = [launch(script, tests, dataset, tmp_path / f"worker{i}", "multi_worker",
                         {"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}}) for i in range(2)]
     chief, other = (result(p) for p in processes)
+    solo_port = free_ports(1)[0]
+    solo = result(launch(script, tests, dataset, tmp_path / "solo", "multi_worker",
+                         {"cluster": {"worker": [f"127.0.0.1:{solo_port}"]}, "task": {"type": "worker", "index": 0}}))
     single = result(launch(script, tests, dataset, tmp_path / "single", "none", None))
 
     assert chief["replicas"] == other["replicas"] == 2
@@ -83,9 +86,14 @@ def test_two_workers_on_loopback_train_one_model(tmp_path, project_root):
     assert (tmp_path / "worker0/model.keras").is_file() and (tmp_path / "worker0/metrics.json").is_file()
     assert (tmp_path / "worker0/dvclive").is_dir()
     assert not any((tmp_path / "worker1").iterdir())
-    # The same training as one process on the whole batches, up to the order of the sums.
-    assert chief["val_loss"] == pytest.approx(single["val_loss"], rel=0.05)
+    # The same training as one worker running the same loop on the whole batches, up to the
+    # order of the sums (measured: .1838 with two workers, .1858 with one).
+    assert solo["replicas"] == 1
+    assert chief["val_loss"] == pytest.approx(solo["val_loss"], rel=0.05)
+    # Against Keras's fit (strategy none) the loop is not step-for-step identical (measured: .1838
+    # against .1596 after 6 epochs of this tiny, fast-moving model), so only: both learned alike.
     assert single["replicas"] == 1
+    assert chief["val_loss"] == pytest.approx(single["val_loss"], rel=0.25)
 
 
 def test_the_cluster_description_is_checked(monkeypatch):

@@ -57,9 +57,9 @@ POOLED_LAYER = "avg_pool"
 WEIGHT_CHOICES = ("random", "imagenet", "<path to CheXNet best_weights.h5>")
 FEATURES_KEYS = ("weights", "imagenet_path", "batch_size", "seed", "runtime", "shard_studies")
 # What runs the network: TensorFlow, or OpenVINO's CPU runtime on the same Keras model, converted
-# (float32 throughout: outputs agree with TensorFlow's to ~1e-6 relative, 3-4x faster on a 2-core
-# CPU, see metrics/speed.json "features"). auto: OpenVINO where it is installed and no GPU is
-# visible to TensorFlow, else TensorFlow.
+# (float32 throughout: outputs agree with TensorFlow's to ~1e-6 relative; the stage ran 1.2-1.4x
+# TensorFlow's images/s on 2 idle cores, see metrics/speed.json "features_runtimes"). auto:
+# OpenVINO where it is installed and no GPU is visible to TensorFlow, else TensorFlow.
 RUNTIMES = ("auto", "tensorflow", "openvino")
 PREPROCESS_THREADS = max(1, min(8, os.cpu_count() or 1))
 PREFETCH_BATCHES = 2

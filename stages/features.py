@@ -4,7 +4,9 @@ sharded; see cxrgen.features.store).
 `--shards START:STOP` computes only that range of the stage's shards (each split's shards in turn,
 then the blank control), so that several processes or machines can share the work on one output
 folder: e.g. `--shards 0:5` and `--shards 5:` side by side. The one that finds every shard in place
-when it is done writes features.json. Without it (as DVC runs it) the stage computes them all.
+when it is done writes features.json. `--shards cluster` takes this worker's contiguous share from
+TF_CONFIG (the cluster description multi-worker training reads; see the README). Without it (as
+DVC runs it) the stage computes them all.
 """
 
 import argparse
@@ -29,11 +31,12 @@ def main() -> None:
     parser.add_argument("--data-metrics", default="metrics/data.json",
                         help="the prepare stage's metrics, for the data source name")
     parser.add_argument("--out", default="data/features")
-    parser.add_argument("--shards", help="START:STOP: compute only this range of the shards (default: all)")
+    parser.add_argument("--shards", help="START:STOP: compute only this range of the shards; cluster: this worker's "
+                             "share, from TF_CONFIG (default: all)")
     args = parser.parse_args()
     data_metrics = Path(args.data_metrics)
     data_source = json.loads(data_metrics.read_text()).get("data_source") if data_metrics.is_file() else None
-    shards = parse_range(args.shards) if args.shards else None
+    shards = (args.shards if args.shards == "cluster" else parse_range(args.shards)) if args.shards else None
     description = run_features(args.prepared, args.out, load_params(args.params), SPLITS, args.params, data_source,
                                shards=shards)
     if shards is not None:

@@ -301,6 +301,34 @@ def test_shard_ranges_computed_apart_give_the_same_store(project_root, python_ex
         "(0:5; 3 studies per shard, the blank control last)")
 
 
+def test_workers_of_a_cluster_share_the_shards(project_root, python_exe, prepared, two_runs):
+    """`--shards cluster`: each worker of TF_CONFIG's cluster takes its contiguous share of the 5
+    shards (2 of 3 here: 1:3), and the three together give the files of one run."""
+    reference, _ = two_runs
+    workers = ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]
+
+    def worker(index: int) -> None:
+        env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": {"worker": workers},
+                                                      "task": {"type": "worker", "index": index}})}
+        subprocess.run([python_exe, str(project_root / "stages" / "features.py"), "--params", "params.yaml",
+                        "--out", "features_cluster", "--shards", "cluster"], cwd=prepared, check=True, timeout=300,
+                       env=env, capture_output=True)
+
+    out = prepared / "features_cluster"
+    worker(1)
+    assert output_files(out) == [name for name in OUTPUT_FILES if name.startswith(("train/spatial-00001", "train/pooled-00001", "val/"))]
+    worker(0)
+    worker(2)
+    assert output_files(out) == OUTPUT_FILES
+    for name in OUTPUT_FILES:
+        if name != "features.json":
+            assert (out / name).read_bytes() == (reference / name).read_bytes(), name
+    result = subprocess.run([python_exe, str(project_root / "stages" / "features.py"), "--params", "params.yaml",
+                             "--out", "features_nocluster", "--shards", "cluster"], cwd=prepared, capture_output=True,
+                            text=True, timeout=300, env={k: v for k, v in os.environ.items() if k != "TF_CONFIG"})
+    assert result.returncode == 1 and "TF_CONFIG is not set" in result.stderr.strip().splitlines()[-1]
+
+
 def test_stage_reports_a_bad_weight_file_in_one_line(project_root, python_exe, prepared, tmp_path):
     bad = tmp_path / "best_weights.h5"
     write_keras2_file(bad, [("conv1/conv", [("conv1/conv/kernel:0", np.zeros((7, 7, 3, 64), np.float32))])])

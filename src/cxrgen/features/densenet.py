@@ -42,6 +42,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
+from cxrgen.cluster import worker_position
 from cxrgen.device import describe_device
 from cxrgen.errors import BadInput, CxrgenError
 from cxrgen.features import store
@@ -432,11 +433,12 @@ def _complete(out_dir: Path, plan: list[tuple[str, int, int, int]]) -> bool:
 
 def run_features(prepared_dir: str | Path, out_dir: str | Path, params: dict, splits: tuple[str, ...],
                  params_path: str | Path = "params.yaml", data_source: str | None = None,
-                 shards: tuple[int, int] | None = None) -> dict | None:
+                 shards: tuple[int, int] | str | None = None) -> dict | None:
     """The stage: every split's shards, the blank control, and the description (returned and written).
 
     shards=(start, stop): only those entries of shard_plan (stop -1: to the end), so that several
-    processes or machines can share the work on one folder; the one that finds every shard in place
+    processes or machines can share the work on one folder; "cluster": this worker's contiguous
+    share of them, from TF_CONFIG (the cluster multi-worker training uses); the one that finds every shard in place
     when it is done writes features.json (and returns the description; the others return None).
     """
     prepared_dir, out_dir = Path(prepared_dir), Path(out_dir)
@@ -450,9 +452,15 @@ def run_features(prepared_dir: str | Path, out_dir: str | Path, params: dict, sp
     for split, array in images.items():
         check_images(array, prepared_dir / f"images_{split}.npy", image_size)
     plan = shard_plan({split: len(array) for split, array in images.items()}, shard_studies)
-    start, stop = shards if shards is not None else (0, len(plan))
-    stop = len(plan) if stop < 0 else stop
-    if not 0 <= start < stop <= len(plan):
+    if shards == "cluster":   # this worker's share of the shards (TF_CONFIG, as multi-worker training)
+        position, members = worker_position("--shards cluster")
+        start, stop = position * len(plan) // members, (position + 1) * len(plan) // members
+    else:
+        start, stop = shards if shards is not None else (0, len(plan))
+        stop = len(plan) if stop < 0 else stop
+    if shards == "cluster" and start == stop:
+        pass   # more workers than shards: nothing for this one to compute
+    elif not 0 <= start < stop <= len(plan):
         raise BadInput("--shards", f"{start}:{stop} is not a range of this collection's {len(plan)} shards "
                                    f"(0:{len(plan)}; {shard_studies} studies per shard, the blank control last)")
     extractor = FeatureExtractor(load_network(choice, image_size, seed), cfg.get("batch_size", 16),

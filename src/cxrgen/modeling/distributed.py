@@ -23,28 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cxrgen.errors import BadInput
-
-
-def cluster_spec() -> dict:
-    """TF_CONFIG, parsed and checked: {"cluster": {...}, "task": {"type", "index"}}."""
-    raw = os.environ.get("TF_CONFIG")
-    if not raw:
-        raise BadInput("params.yaml", "train.strategy is multi_worker, but TF_CONFIG is not set: every worker needs "
-                                      'TF_CONFIG=\'{"cluster": {"worker": ["host1:port", "host2:port"]}, '
-                                      '"task": {"type": "worker", "index": 0}}\' (its own index)')
-    try:
-        config = json.loads(raw)
-        workers = config["cluster"]["worker"]
-        task = config["task"]
-        kind, index = task["type"], int(task["index"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise BadInput("TF_CONFIG", f"not a cluster description ({exc}); expected "
-                                    '{"cluster": {"worker": [...]}, "task": {"type": "worker", "index": N}}') from None
-    if not isinstance(workers, list) or not workers or kind not in config["cluster"] or index >= len(
-            config["cluster"][kind]):
-        raise BadInput("TF_CONFIG", f"task {kind} {index} is not in the cluster {config['cluster']}")
-    return config
+from cxrgen.cluster import cluster_spec
 
 
 def multi_worker_strategy() -> tf.distribute.Strategy:

@@ -55,6 +55,7 @@ def make_studies(count: int, rng: np.random.Generator) -> tuple[np.ndarray, list
 def build_project(root: str | Path) -> Path:
     from cxrgen.data.text import tokenize
     from cxrgen.data.vocab import build_vocab
+    from cxrgen.features.store import write_store
     from cxrgen.modeling.train import train
     from cxrgen.tables import write_parquet
 

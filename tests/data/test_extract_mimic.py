@@ -5,8 +5,6 @@ patient-grouped random split, JPEGs read in place and checked against the downlo
 from __future__ import annotations
 
 import csv
-import gzip
-import io
 import json
 import shutil
 from pathlib import Path
@@ -14,6 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+
+from mimic_tables import read_table, write_table
 
 from cxrgen.data import labeler, mimic
 from cxrgen.data.download import run_download
@@ -32,19 +32,6 @@ def collection(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("mimic") / "collection"
     synthetic_mimic.generate(folder, n_patients=PATIENTS, seed=5, image_width=96, progress=False)
     return folder
-
-
-def _table(path: Path) -> list[dict]:
-    with gzip.open(path, "rt", newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def _write_table(path: Path, rows: list[dict]) -> None:
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    path.write_bytes(gzip.compress(text.getvalue().encode(), mtime=0))
 
 
 def _download(folder: Path, tmp_path: Path) -> Path:
@@ -77,7 +64,7 @@ def extracted(collection, tmp_path_factory):
 
 def test_reports_are_keyed_by_study_with_their_sections_and_patient(collection, extracted):
     _, reports, _, _, record = extracted
-    split = _table(collection / synthetic_mimic.SPLIT_TABLE)
+    split = read_table(collection / synthetic_mimic.SPLIT_TABLE)
     studies = {f"s{r['study_id']}": r for r in split}
     assert record["layout"] == "mimic"
     assert sorted(reports["report_id"]) == sorted(studies) and reports["report_id"].is_unique
@@ -94,7 +81,7 @@ def test_reports_are_keyed_by_study_with_their_sections_and_patient(collection, 
 def test_reference_labels_come_from_the_chexpert_table(collection, extracted):
     _, reports, _, _, _ = extracted
     chexpert = {f"s{r['study_id']}": {k for k, v in r.items() if v == "1.0"}
-                for r in _table(collection / synthetic_mimic.CHEXPERT_TABLE)}
+                for r in read_table(collection / synthetic_mimic.CHEXPERT_TABLE)}
     for report_id, terms in zip(reports["report_id"], reports["mesh_major"]):
         stated = labeler.mesh_observations(list(terms))
         pathologies = chexpert[report_id] - {labeler.NO_FINDING, labeler.SUPPORT_DEVICES}
@@ -104,7 +91,7 @@ def test_reference_labels_come_from_the_chexpert_table(collection, extracted):
 
 def test_views_come_from_the_metadata_and_others_are_left_out_with_their_reason(collection, extracted):
     _, reports, images, skipped, _ = extracted
-    metadata = {r["dicom_id"]: r for r in _table(collection / synthetic_mimic.METADATA_TABLE)}
+    metadata = {r["dicom_id"]: r for r in read_table(collection / synthetic_mimic.METADATA_TABLE)}
     assert set(images["projection_source"]) == {"metadata"}
     for row in images.itertuples(index=False):
         meta = metadata[row.image_id]
@@ -139,11 +126,11 @@ def test_missing_files_and_reports_are_left_out_not_counted_bad(collection, tmp_
 
 def test_a_study_in_two_splits_names_the_split_file(collection, tmp_path):
     folder = shutil.copytree(collection, tmp_path / "twosplits")
-    rows = _table(folder / synthetic_mimic.SPLIT_TABLE)
+    rows = read_table(folder / synthetic_mimic.SPLIT_TABLE)
     study = next(r["study_id"] for r in rows if sum(x["study_id"] == r["study_id"] for x in rows) > 1)
     first = next(r for r in rows if r["study_id"] == study)
     first["split"] = "test" if first["split"] != "test" else "train"
-    _write_table(folder / synthetic_mimic.SPLIT_TABLE, rows)
+    write_table(folder / synthetic_mimic.SPLIT_TABLE, rows)
     raw = _download(folder, tmp_path)
     with pytest.raises(BadInput, match=rf"mimic_tables.tar:mimic-cxr-2.0.0-split.csv.gz: study s{study} has images "
                                        "in both"):

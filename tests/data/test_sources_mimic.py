@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
-import io
 import json
 import os
 import re
@@ -22,6 +21,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+
+from mimic_tables import read_table, write_table
 
 from cxrgen.data import mimic
 from cxrgen.data.download import run_download
@@ -53,19 +54,6 @@ def _tree(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def _table(path: Path) -> list[dict]:
-    with gzip.open(path, "rt", newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def _write_table(path: Path, rows: list[dict]) -> None:
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    path.write_bytes(gzip.compress(text.getvalue().encode(), mtime=0))
-
-
 # -- the generator ------------------------------------------------------------------------------
 
 
@@ -79,9 +67,9 @@ def test_generator_same_seed_same_bytes(collection, tmp_path):
 
 
 def test_generator_writes_the_mimic_layout(collection):
-    split = _table(collection / synthetic_mimic.SPLIT_TABLE)
-    metadata = _table(collection / synthetic_mimic.METADATA_TABLE)
-    chexpert = _table(collection / synthetic_mimic.CHEXPERT_TABLE)
+    split = read_table(collection / synthetic_mimic.SPLIT_TABLE)
+    metadata = read_table(collection / synthetic_mimic.METADATA_TABLE)
+    chexpert = read_table(collection / synthetic_mimic.CHEXPERT_TABLE)
     assert set(mimic.COLUMNS[mimic.SPLIT_TABLE]) <= set(split[0])
     assert set(mimic.COLUMNS[mimic.METADATA_TABLE]) | {"Rows", "Columns"} <= set(metadata[0])
     assert len(chexpert[0]) == 2 + 14
@@ -231,8 +219,8 @@ def test_no_reports_is_refused_with_what_was_looked_for(collection, tmp_path):
 
 def test_a_table_without_its_columns_names_the_file(collection, tmp_path):
     source = _copy(collection, tmp_path / "columns")
-    rows = _table(source / synthetic_mimic.METADATA_TABLE)
-    _write_table(source / synthetic_mimic.METADATA_TABLE, [{k: v for k, v in r.items() if k != "ViewPosition"}
+    rows = read_table(source / synthetic_mimic.METADATA_TABLE)
+    write_table(source / synthetic_mimic.METADATA_TABLE, [{k: v for k, v in r.items() if k != "ViewPosition"}
                                                            for r in rows])
     with pytest.raises(BadInput, match=r"mimic-cxr-2.0.0-metadata.csv.gz: not the MIMIC-CXR table .*ViewPosition"):
         _fetch(source, tmp_path / "raw")

@@ -16,14 +16,13 @@ so with clipping active the steps differ slightly from one process's.
 
 from __future__ import annotations
 
-import json
 import os
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from cxrgen.cluster import cluster_spec
+from cxrgen.cluster import cluster_spec, worker_position
 
 
 def multi_worker_strategy() -> tf.distribute.Strategy:
@@ -39,14 +38,10 @@ def is_chief(strategy: tf.distribute.Strategy | None = None) -> bool:
     """True outside a cluster; in one, for the chief task or worker 0 when there is no chief."""
     if strategy is not None and not is_multi_worker(strategy):
         return True
-    raw = os.environ.get("TF_CONFIG")
-    if not raw:
+    if not os.environ.get("TF_CONFIG"):
         return True
-    task = json.loads(raw).get("task", {})
-    if task.get("type") == "chief":
-        return True
-    return task.get("type") == "worker" and int(task.get("index", 0)) == 0 and "chief" not in json.loads(raw).get(
-        "cluster", {})
+    # The first of the cluster's members (its chief, else worker 0), as the features stage counts them.
+    return worker_position("train.strategy is multi_worker")[0] == 0
 
 
 def fit_distributed(model: keras.Model, strategy: tf.distribute.Strategy, train_set: tf.data.Dataset,

@@ -21,6 +21,9 @@ from cxrgen.modeling.models import (  # noqa: E402
     BaselineGenerator,
     MaskedTokenLoss,
     build_model,
+    cell_input_bias,
+    cell_update,
+    check_plain_cell,
     load_model,
     save_model,
 )
@@ -74,6 +77,32 @@ def test_teacher_forcing_matches_the_decoder_step(name, extra):
     if name == "attention":
         forced = model.teacher_forced_attention(inputs).numpy()
         np.testing.assert_allclose(step_attention, forced, atol=1e-6)
+
+
+@pytest.mark.parametrize("cell_class", [keras.layers.GRUCell, keras.layers.LSTMCell])
+def test_cell_update_is_the_keras_cells_step(cell_class):
+    """The teacher-forced pass runs the cells' arithmetic itself (input projections hoisted out of
+    the loop): one step of it equals the Keras cell's own call, whose weights it reads."""
+    keras.utils.set_random_seed(3)
+    cell = cell_class(9)
+    cell.build((None, 5))
+    rng = np.random.default_rng(0)
+    inputs = rng.normal(size=(4, 5)).astype(np.float32)
+    states = [rng.normal(size=(4, 9)).astype(np.float32) for _ in range(2 if cell_class is keras.layers.LSTMCell else 1)]
+    expected_output, expected_states = cell(inputs, states)
+    projected = inputs @ cell.kernel.numpy() + np.asarray(cell_input_bias(cell))
+    output, new_states = cell_update(cell, projected, states, "float32")
+    np.testing.assert_allclose(np.asarray(output), np.asarray(expected_output), atol=1e-6)
+    for got, want in zip(new_states, expected_states if isinstance(expected_states, (list, tuple)) else [expected_states]):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6)
+
+
+def test_cell_update_refuses_cells_it_does_not_repeat():
+    check_plain_cell(keras.layers.GRUCell(4))
+    with pytest.raises(ValueError, match="default GRU/LSTM"):
+        check_plain_cell(keras.layers.GRUCell(4, reset_after=False))
+    with pytest.raises(ValueError, match="default GRU/LSTM"):
+        check_plain_cell(keras.layers.LSTMCell(4, dropout=0.1))
 
 
 def test_attention_weights_cover_the_98_regions_of_both_views_per_word():

@@ -89,7 +89,7 @@ def results(project: Path) -> dict:
     return produced
 
 
-def time_stages(rev: str, keep: Path | None, overrides: dict[str, str]) -> dict:
+def time_stages(rev: str, keep: Path | None, overrides: dict[str, str], keep_models: Path | None = None) -> dict:
     scratch = Path(tempfile.mkdtemp(prefix="stage-times-"))
     project = scratch / "project"
     try:
@@ -115,6 +115,8 @@ def time_stages(rev: str, keep: Path | None, overrides: dict[str, str]) -> dict:
         }
         if keep:
             shutil.copytree(project / "metrics", keep, dirs_exist_ok=True)
+        if keep_models:   # to compare the two runs' models study by study (val losses)
+            shutil.copytree(project / "models", keep_models, dirs_exist_ok=True)
         return record
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -126,11 +128,12 @@ def main() -> int:
     parser.add_argument("--rev", default="HEAD", help="the commit to time (default: HEAD)")
     parser.add_argument("--out", default=str(ROOT / "metrics/speed.json"))
     parser.add_argument("--keep-metrics", type=Path, help="copy the run's metrics/ folder here")
+    parser.add_argument("--keep-models", type=Path, help="copy the run's models/ folder here")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="another params override (a quick trial of this script; not the benchmark)")
     args = parser.parse_args()
     overrides = {**OVERRIDES, **dict(item.split("=", 1) for item in args.set)}
-    record = time_stages(args.rev, args.keep_metrics, overrides)
+    record = time_stages(args.rev, args.keep_metrics, overrides, args.keep_models)
     out = Path(args.out)
     stages = json.loads(out.read_text()).get("stages", {}) if out.is_file() else {}
     stages[args.label] = record

@@ -27,6 +27,7 @@ from cxrgen.evaluation.scores import (
     HYP_LEN,
     REF_LEN,
     MeteorScorer,
+    ReferenceNgrams,
     ScoringInputError,
     TextScores,
     bleu_statistics,
@@ -137,6 +138,24 @@ def test_bleu_equals_pycocoevalcap_on_random_tokens():
         refs = [[text() for _ in range(rng.randint(1, 3))] for _ in range(n)]
         refs = [r[0] if len(r) == 1 else r for r in refs]  # mix single strings and lists
         assert corpus_bleu(hyps, refs) == pytest.approx(_coco_bleu(hyps, refs), abs=1e-9, rel=0)
+
+
+def test_reference_ngrams_give_the_totals_of_one_hypothesis_for_every_study():
+    """The constant floor's choice counts the references once (ReferenceNgrams); its totals are
+    the ones bleu_statistics sums for [h] * n, on random texts (repeated words: clipping) and on
+    the empty hypothesis."""
+    rng = random.Random(11)
+    for _ in range(200):
+        vocab = [f"t{i}" for i in range(rng.randint(2, 8))]
+
+        def text(low=0):
+            return " ".join(rng.choice(vocab) for _ in range(rng.randint(low, 14)))
+
+        refs = [text(low=1) for _ in range(rng.randint(1, 12))]
+        indexed = ReferenceNgrams(refs)
+        for hyp in [text() for _ in range(5)] + [""]:
+            expected = bleu_statistics([hyp] * len(refs), refs).sum(axis=0)
+            np.testing.assert_array_equal(indexed.totals(hyp), expected)
 
 
 def test_bleu_statistics_by_hand():

@@ -19,6 +19,8 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import keras  # noqa: E402
+
 from cxrgen.features import densenet  # noqa: E402
 from cxrgen.errors import BadInput  # noqa: E402
 from cxrgen.features.store import FeatureStore  # noqa: E402
@@ -369,6 +371,28 @@ def test_openvino_gives_tensorflows_features():
         # Within 1e-3 relative (float16 storage alone rounds at ~5e-4), and not merely close in bulk.
         assert np.abs(a - b).max() <= 1e-3 * np.abs(a).max()
         assert np.abs(a - b).mean() <= 1e-4 * np.abs(a).mean() + 1e-8
+
+
+def test_mixed_precision_features_are_close_to_float32s():
+    """features.precision: mixed_bfloat16 (a CPU runs it; mixed_float16 is for GPUs). Not the same
+    numbers (bfloat16 keeps 8 bits of mantissa), but the same features to within a few percent,
+    named in the description; the global dtype policy is left as it was."""
+    images = np.random.default_rng(5).integers(0, 256, (2, 2, STAGE_SIZE, STAGE_SIZE), dtype=np.uint8)
+    exact = densenet.FeatureExtractor(densenet.load_network(densenet.WeightChoice("random"), STAGE_SIZE, seed=0),
+                                      batch_size=2, runtime="tensorflow")
+    mixed = densenet.FeatureExtractor(densenet.load_network(densenet.WeightChoice("random"), STAGE_SIZE, seed=0,
+                                                            precision="mixed_bfloat16"), batch_size=2, runtime="auto")
+    assert keras.config.dtype_policy().name == "float32"
+    assert mixed.runtime == "tensorflow" and mixed.describe_runtime().endswith("(mixed_bfloat16)")
+    for a, b in zip(exact.extract(images), mixed.extract(images)):
+        a, b = a.astype(np.float32), b.astype(np.float32)
+        assert not np.array_equal(a, b)
+        assert np.abs(a - b).mean() <= 0.05 * np.abs(a).mean()
+        assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99
+    with pytest.raises(BadInput, match="features.precision"):
+        densenet.load_network(densenet.WeightChoice("random"), STAGE_SIZE, precision="float16")
+    with pytest.raises(BadInput, match="TensorFlow runtime only"):
+        densenet.choose_runtime("openvino", "mixed_float16")
 
 
 def test_runtime_choice():

@@ -274,6 +274,26 @@ def test_mirrored_strategy_on_two_logical_cpu_devices(dataset, tmp_path, project
     assert model.count_params() == metrics["params"]
 
 
+@pytest.mark.parametrize("name", ["baseline", "attention"])
+def test_mixed_precision_trains_and_saves_a_float32_model(name, dataset, tmp_path):
+    """train.precision: mixed_bfloat16 here (a CPU runs it; mixed_float16 is the GPUs' and adds
+    Keras's loss scaling). The model learns, the metrics name the precision, and the saved model
+    computes in float32 with the trained weights: its val loss is the one recorded, to bfloat16's
+    rounding."""
+    features, prepared = dataset
+    metrics = train(name, params(precision="mixed_bfloat16", image_control=False), features, prepared,
+                    tmp_path / "model.keras", tmp_path / "metrics.json", tmp_path / "dvclive")
+    assert metrics["precision"] == "mixed_bfloat16"
+    val_curve = read_curve(tmp_path / "dvclive/plots/metrics/val_loss.tsv")
+    assert metrics["val_loss"] < 0.6 * val_curve[0]
+    model = keras.models.load_model(tmp_path / "model.keras", safe_mode=True)
+    assert model.dtype_policy.name == "float32" and model.compute_dtype == "float32"
+    assert all(layer.compute_dtype == "float32" for layer in model._flatten_layers())
+    data = load_training_data(features, prepared, model.feature_key)
+    saved_val_loss = token_loss(model, data.features["val"], data.tokens["val"], 16)
+    assert saved_val_loss == pytest.approx(metrics["val_loss"], rel=0.03)
+
+
 def test_token_matrix_pads_to_the_longest_report():
     vocab = build_vocab([["a", "b", "c"]], min_count=1, max_len=4)
     matrix = token_matrix(["a b", "c", "a b c"], vocab)
@@ -373,6 +393,8 @@ def test_settings_are_checked():
         train_settings({"train": {"shuffle_buffer": 0}})
     with pytest.raises(BadInput, match="max_steps"):
         train_settings({"train": {"max_steps": -1}})
+    with pytest.raises(BadInput, match="precision"):
+        train_settings({"train": {"precision": "float16"}})
 
 
 def test_misaligned_or_missing_features_are_refused(dataset, tmp_path):

@@ -36,9 +36,9 @@ def constant_report(train_texts: list[str], val_texts: list[str]) -> tuple[str, 
         counts[text] = counts.get(text, 0) + 1
     candidates = sorted(counts, key=lambda t: (-counts[t], t))
     best_text, best_score = candidates[0], -1.0
+    references = scores.ReferenceNgrams(val_texts)
     for text in candidates:
-        totals = scores.bleu_statistics([text] * len(val_texts), val_texts).sum(axis=0)
-        score = float(scores.bleu_from_totals(totals)[3])
+        score = float(scores.bleu_from_totals(references.totals(text))[3])
         if score > best_score + 1e-12:
             best_text, best_score = text, score
     return best_text, float(best_score)

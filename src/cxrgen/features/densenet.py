@@ -56,12 +56,15 @@ HEAD_LAYER = "predictions"    # CheXNet-Keras' name for its Dense(14)
 SPATIAL_LAYER = "relu"        # DenseNet121's final BN + ReLU, just before the average pooling
 POOLED_LAYER = "avg_pool"
 WEIGHT_CHOICES = ("random", "imagenet", "<path to CheXNet best_weights.h5>")
-FEATURES_KEYS = ("weights", "imagenet_path", "batch_size", "seed", "runtime", "shard_studies")
+FEATURES_KEYS = ("weights", "imagenet_path", "batch_size", "seed", "runtime", "shard_studies", "precision")
 # What runs the network: TensorFlow, or OpenVINO's CPU runtime on the same Keras model, converted
 # (float32 throughout: outputs agree with TensorFlow's to ~1e-6 relative; the stage ran 1.2-1.4x
 # TensorFlow's images/s on 2 idle cores, see metrics/speed.json "features_runtimes"). auto:
 # OpenVINO where it is installed and no GPU is visible to TensorFlow, else TensorFlow.
 RUNTIMES = ("auto", "tensorflow", "openvino")
+# The network's compute dtype under TensorFlow (float32 weights either way): mixed_float16 for GPUs
+# (tensor cores), mixed_bfloat16 where a CPU or TPU has bfloat16 units. Features are stored float16.
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 PREPROCESS_THREADS = max(1, min(8, os.cpu_count() or 1))
 PREFETCH_BATCHES = 2
 
@@ -256,11 +259,29 @@ def build_chexnet(image_size: int) -> keras.Model:
     return keras.Model(backbone.input, head, name="chexnet")
 
 
-def load_network(choice: WeightChoice, image_size: int, seed: int = 0) -> keras.Model:
-    """The DenseNet121 with the chosen weights (random ones seeded by `seed`)."""
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise BadInput("params.yaml", f"features.precision must be one of {PRECISIONS}, not {precision!r}")
+    return precision
+
+
+def load_network(choice: WeightChoice, image_size: int, seed: int = 0, precision: str = "float32") -> keras.Model:
+    """The DenseNet121 with the chosen weights (random ones seeded by `seed`), its layers
+    computing in `precision` (see PRECISIONS)."""
     if image_size < 32:
         raise BadInput("params.yaml", f"image.size {image_size} is below DenseNet121's minimum of 32")
+    check_precision(precision)
     configure_determinism(seed)
+    # keras.applications builds under the global dtype policy: set it for the build only.
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(precision)
+    try:
+        return _build_network(choice, image_size)
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def _build_network(choice: WeightChoice, image_size: int) -> keras.Model:
     if choice.kind == "chexnet":
         network = build_chexnet(image_size)
         load_keras2_weights(network, choice.path, "CheXNet (DenseNet121 + Dense(14))", head=HEAD_LAYER)
@@ -278,12 +299,17 @@ def openvino_available() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
-def choose_runtime(requested: str) -> str:
-    """tensorflow | openvino for params `features.runtime` (see RUNTIMES)."""
+def choose_runtime(requested: str, precision: str = "float32") -> str:
+    """tensorflow | openvino for params `features.runtime` (see RUNTIMES); mixed precision is
+    TensorFlow's (OpenVINO runs here in float32)."""
     if requested not in RUNTIMES:
         raise BadInput("params.yaml", f"features.runtime must be one of {RUNTIMES}, not {requested!r}")
     if requested == "auto":
-        return "openvino" if openvino_available() and not tf.config.list_logical_devices("GPU") else "tensorflow"
+        cpu_only = not tf.config.list_logical_devices("GPU")
+        return "openvino" if openvino_available() and cpu_only and precision == "float32" else "tensorflow"
+    if requested == "openvino" and precision != "float32":
+        raise BadInput("params.yaml", f"features.precision {precision} runs on the TensorFlow runtime only "
+                                      "(set features.runtime: tensorflow or auto, or features.precision: float32)")
     if requested == "openvino" and not openvino_available():
         raise BadInput("params.yaml", "features.runtime is openvino, but the openvino package is not installed "
                                       "(bin/setup installs it on x86_64; or set features.runtime: tensorflow)")
@@ -309,7 +335,8 @@ class FeatureExtractor:
     def __init__(self, network: keras.Model, batch_size: int = 16, runtime: str = "tensorflow"):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise BadInput("params.yaml", f"features.batch_size must be a positive integer, not {batch_size!r}")
-        self.runtime = choose_runtime(runtime)
+        self.precision = network.dtype_policy.name   # load_network's precision
+        self.runtime = choose_runtime(runtime, self.precision)
         self.image_size = int(network.input_shape[1])
         self.batch_size = batch_size
         self.model = keras.Model(network.input, [network.get_layer(SPATIAL_LAYER).output,
@@ -353,7 +380,7 @@ class FeatureExtractor:
             import openvino
 
             return f"openvino {openvino.__version__.split('-')[0]} (CPU, float32)"
-        return f"tensorflow {tf.__version__}"
+        return f"tensorflow {tf.__version__}" + ("" if self.precision == "float32" else f" ({self.precision})")
 
     def dataset(self, images: np.ndarray) -> tf.data.Dataset:
         """Preprocessed batches, images in study order, frontal then lateral, prepared in parallel.
@@ -463,7 +490,8 @@ def run_features(prepared_dir: str | Path, out_dir: str | Path, params: dict, sp
     elif not 0 <= start < stop <= len(plan):
         raise BadInput("--shards", f"{start}:{stop} is not a range of this collection's {len(plan)} shards "
                                    f"(0:{len(plan)}; {shard_studies} studies per shard, the blank control last)")
-    extractor = FeatureExtractor(load_network(choice, image_size, seed), cfg.get("batch_size", 16),
+    precision = check_precision(cfg.get("precision", "float32"))
+    extractor = FeatureExtractor(load_network(choice, image_size, seed, precision), cfg.get("batch_size", 16),
                                  cfg.get("runtime", "auto"))
 
     blank = np.zeros((1, 2, image_size, image_size), np.uint8)   # two all-black images: the control
@@ -483,6 +511,7 @@ def run_features(prepared_dir: str | Path, out_dir: str | Path, params: dict, sp
         "grid": list(extractor.grid),
         "batch_size": extractor.batch_size,
         "runtime": extractor.describe_runtime(),
+        "precision": precision,
         "dtype": "float16",
         "network": "DenseNet121 (keras.applications), final BN+ReLU map and its global average",
         "preprocessing": "gray repeated to RGB, /255, ImageNet mean/std per channel",

@@ -542,7 +542,7 @@ class AttentionGenerator(ReportGenerator):
         def one_word(carry, word):
             states, _, _ = carry
             weights, attended = self.attend(states[0], context)
-            hidden, states = cell_update(cell, word + ops.matmul(attended, attended_kernel), list(states), dtype)
+            _, states = cell_update(cell, word + ops.matmul(attended, attended_kernel), list(states), dtype)
             return tuple(states), attended, weights
 
         # tf.scan carries (states, attended regions, weights) and stacks them over time; the output
@@ -584,8 +584,8 @@ class MaskedTokenLoss(keras.losses.Loss):
     def call(self, y_true, y_pred):
         y_true = ops.cast(y_true, "int32")
         real = ops.not_equal(y_true, self.pad_id)
-        per_token = ops.sparse_categorical_crossentropy(
-            ops.where(real, y_true, 0), y_pred, from_logits=True)
+        per_token = ops.sparse_categorical_crossentropy(   # in float32 under mixed precision too
+            ops.where(real, y_true, 0), ops.cast(y_pred, "float32"), from_logits=True)
         real = ops.cast(real, per_token.dtype)
         return ops.sum(per_token * real) / ops.maximum(ops.sum(real), 1.0)
 
@@ -647,11 +647,13 @@ def model_name_of(model: ReportGenerator) -> str:
 
 
 def standalone_copy(model: ReportGenerator) -> ReportGenerator:
-    """The same weights in a fresh, uncompiled model made outside any distribution strategy.
+    """The same weights in a fresh, uncompiled float32 model made outside any distribution strategy.
 
-    What gets saved: no optimizer state (not needed to generate reports) and no mirrored variables.
+    What gets saved: no optimizer state (not needed to generate reports), no mirrored variables,
+    and float32 layers whatever the training precision (mixed precision keeps float32 weights;
+    decoding on a CPU in float16 would be slow or unsupported).
     """
-    copy = type(model).from_config(model.get_config())
+    copy = type(model).from_config({**model.get_config(), "dtype": "float32"})
     copy.build()
     copy.set_weights(model.get_weights())
     return copy

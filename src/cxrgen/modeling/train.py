@@ -60,11 +60,13 @@ TRAIN_DEFAULTS = {
     "strategy": "none",         # none | mirrored (all GPUs, or all logical CPU devices)
     "image_control": True,      # also train on blank-image features and report the gap
     "deterministic": True,      # tf.config.experimental.enable_op_determinism
-    "length_grouping": 0,       # > 0: batches of similar lengths, see make_dataset (0 = plain random batches)
+    "length_grouping": 4,       # > 0: batches of similar lengths, see make_dataset (0 = plain random batches)
     "shuffle_buffer": 2560,     # studies in the shuffle buffer (>= the training split: a full shuffle)
     "max_steps": 0,             # > 0: each fit runs this many training batches in all, then stops
+    "precision": "float32",     # float32 | mixed_float16 (GPUs) | mixed_bfloat16: the layers' compute dtype
 }
 STRATEGIES = ("none", "mirrored", "multi_worker")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 BLANK_PREFIX = "blank_images/"
 FOLDS_KEY = 7  # seeds the cross-fitting folds apart from the shuffle
 THRESHOLD_GRID = tuple(round(0.05 * k, 2) for k in range(1, 20))   # 0.05 ... 0.95
@@ -84,6 +86,8 @@ def train_settings(params: dict) -> dict:
         if not isinstance(value, int) or isinstance(value, bool) or value < (1 if key == "shuffle_buffer" else 0):
             raise BadInput("params.yaml", f"train.{key} must be a whole number >= "
                                           f"{1 if key == 'shuffle_buffer' else 0}, not {value!r}")
+    if settings["precision"] not in PRECISIONS:
+        raise BadInput("params.yaml", f"train.precision must be one of {PRECISIONS}, not {settings['precision']!r}")
     grouping = settings["length_grouping"]
     if not isinstance(grouping, int) or isinstance(grouping, bool) or grouping < 0:
         raise BadInput("params.yaml", f"train.length_grouping must be a whole number >= 0, not {grouping!r}")
@@ -320,7 +324,10 @@ def fit(model_name: str, sizes: dict, settings: dict, data: TrainingData, strate
         # control is the best language-only twin, which makes the image's gain harder to get.
         sizes = {**sizes, "feature_dropout": 0.0}
     with strategy.scope():
-        model = build_model(model_name, data.vocab_size, data.feature_shape, sizes)
+        # Mixed precision: the layers compute in float16 / bfloat16 and keep float32 weights; Keras
+        # scales the float16 loss (compile's auto_scale_loss). What is saved is a float32 model.
+        model = build_model(model_name, data.vocab_size, data.feature_shape, sizes,
+                            dtype=None if settings["precision"] == "float32" else settings["precision"])
         # The real training features' statistics, for the blank-image twin too: it must see the
         # same transform, only without the image content.
         model.set_feature_statistics(data.features["train"])
@@ -524,6 +531,7 @@ def train(model_name: str, params: dict, features_dir: str | Path, prepared_dir:
             "val_loss": round(float(image_sums.sum() / counts.sum()), 6),
             "replicas": int(strategy.num_replicas_in_sync),
             "strategy": settings["strategy"],
+            "precision": settings["precision"],
             "train_seed": settings["seed"],
             "data_source": data.info.get("data_source"),
             "weights": data.info.get("weights"),

@@ -122,6 +122,33 @@ def time_stages(rev: str, keep: Path | None, overrides: dict[str, str], keep_mod
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def paired_val_losses(before: Path, after: Path, features: Path, prepared: Path, resamples: int = 2000) -> dict:
+    """Each model's val loss, before and after, on the same val studies and features, and the 95 %
+    paired bootstrap interval of the difference (after - before) over the val studies: whether
+    the faster run's models are as good as the slower run's, beyond which val studies there are."""
+    import numpy as np
+
+    from cxrgen.modeling import train as training
+    from cxrgen.modeling.models import MODELS as GENERATORS, load_model
+
+    paired = {}
+    for name in MODELS:
+        data = training.load_training_data(features, prepared, GENERATORS[name].feature_key, splits=("val",))
+        sums = {}
+        for label, folder in (("before", before), ("after", after)):
+            model = load_model(folder / f"{name}.keras")
+            sums[label], counts = training.study_token_losses(model, data.features["val"], data.tokens["val"], 32)
+        rows = np.random.default_rng(0).integers(0, len(counts), (resamples, len(counts)))
+        differences = (sums["after"][rows].sum(1) - sums["before"][rows].sum(1)) / counts[rows].sum(1)
+        paired[name] = {
+            "before": round(float(sums["before"].sum() / counts.sum()), 6),
+            "after": round(float(sums["after"].sum() / counts.sum()), 6),
+            "after_minus_before": round(float((sums["after"].sum() - sums["before"].sum()) / counts.sum()), 6),
+            "interval_95": [round(float(np.percentile(differences, q)), 6) for q in (2.5, 97.5)],
+        }
+    return {"features": str(features), "prepared": str(prepared), "resamples": resamples, "models": paired}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--label", required=True, help="before | after (or any name)")
@@ -131,10 +158,19 @@ def main() -> int:
     parser.add_argument("--keep-models", type=Path, help="copy the run's models/ folder here")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="another params override (a quick trial of this script; not the benchmark)")
+    parser.add_argument("--paired", nargs=4, type=Path, metavar=("BEFORE_MODELS", "AFTER_MODELS", "FEATURES", "PREPARED"),
+                        help="instead of timing: the two runs' models (--keep-models) scored on the same val "
+                             "studies (a features folder and a prepared folder of the same collection)")
     args = parser.parse_args()
+    out = Path(args.out)
+    if args.paired:
+        stages = json.loads(out.read_text()).get("stages", {}) if out.is_file() else {}
+        stages["val_loss_paired"] = paired_val_losses(*args.paired)
+        record_speed(out, "stages", stages)
+        print(json.dumps(stages["val_loss_paired"], indent=2))
+        return 0
     overrides = {**OVERRIDES, **dict(item.split("=", 1) for item in args.set)}
     record = time_stages(args.rev, args.keep_metrics, overrides, args.keep_models)
-    out = Path(args.out)
     stages = json.loads(out.read_text()).get("stages", {}) if out.is_file() else {}
     stages[args.label] = record
     if "before" in stages and "after" in stages:

@@ -151,7 +151,7 @@ def paired_val_losses(before: Path, after: Path, features: Path, prepared: Path,
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--label", required=True, help="before | after (or any name)")
+    parser.add_argument("--label", help="before | after (or any name); needed unless --paired")
     parser.add_argument("--rev", default="HEAD", help="the commit to time (default: HEAD)")
     parser.add_argument("--out", default=str(ROOT / "metrics/speed.json"))
     parser.add_argument("--keep-metrics", type=Path, help="copy the run's metrics/ folder here")
@@ -169,6 +169,8 @@ def main() -> int:
         record_speed(out, "stages", stages)
         print(json.dumps(stages["val_loss_paired"], indent=2))
         return 0
+    if not args.label:
+        parser.error("--label is needed to time a run")
     overrides = {**OVERRIDES, **dict(item.split("=", 1) for item in args.set)}
     record = time_stages(args.rev, args.keep_metrics, overrides, args.keep_models)
     stages = json.loads(out.read_text()).get("stages", {}) if out.is_file() else {}

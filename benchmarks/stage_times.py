@@ -50,6 +50,14 @@ def dvc() -> str:
     return str(here) if here.exists() else "dvc"
 
 
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process's finished children (the stages)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def stage_names(project: Path) -> list[str]:
     """dvc.yaml's stages in file order (foreach stages expanded), which is the pipeline's order."""
     names = output([dvc(), "stage", "list", "--name-only"], project).split()
@@ -99,17 +107,23 @@ def time_stages(rev: str, keep: Path | None, overrides: dict[str, str], keep_mod
         set_params(project, overrides)
         env = {**os.environ, "CXRGEN_VENV": os.environ.get("CXRGEN_VENV", str(Path(sys.executable).parents[1]))}
         seconds: dict[str, float] = {}
+        cpu: dict[str, float] = {}
         for name in stage_names(project):
             print(f"stage_times: {name} ...", file=sys.stderr, flush=True)
-            start = time.monotonic()
+            start, used = time.monotonic(), cpu_seconds()
             run([dvc(), "repro", "--single-item", "--no-run-cache", name], project, env)
             seconds[name] = round(time.monotonic() - start, 1)
-            print(f"stage_times: {name} {seconds[name]} s", file=sys.stderr, flush=True)
+            cpu[name] = round(cpu_seconds() - used, 1)
+            print(f"stage_times: {name} {seconds[name]} s ({cpu[name]} CPU s)", file=sys.stderr, flush=True)
         record = {
             "commit": commit,
             "overrides": overrides,
             "seconds": seconds,
             "total_seconds": round(sum(seconds.values()), 1),
+            # User + system CPU seconds of the stage's processes: a second view of the same work,
+            # since this kind of machine's wall-clock speed changes from minute to minute.
+            "cpu_seconds": cpu,
+            "total_cpu_seconds": round(sum(cpu.values()), 1),
             "produced": results(project),
             "machine": describe_machine(),
         }

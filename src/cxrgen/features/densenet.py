@@ -259,18 +259,13 @@ def build_chexnet(image_size: int) -> keras.Model:
     return keras.Model(backbone.input, head, name="chexnet")
 
 
-def check_precision(precision: str) -> str:
-    if precision not in PRECISIONS:
-        raise BadInput("params.yaml", f"features.precision must be one of {PRECISIONS}, not {precision!r}")
-    return precision
-
-
 def load_network(choice: WeightChoice, image_size: int, seed: int = 0, precision: str = "float32") -> keras.Model:
     """The DenseNet121 with the chosen weights (random ones seeded by `seed`), its layers
     computing in `precision` (see PRECISIONS)."""
     if image_size < 32:
         raise BadInput("params.yaml", f"image.size {image_size} is below DenseNet121's minimum of 32")
-    check_precision(precision)
+    if precision not in PRECISIONS:
+        raise BadInput("params.yaml", f"features.precision must be one of {PRECISIONS}, not {precision!r}")
     configure_determinism(seed)
     # keras.applications builds under the global dtype policy: set it for the build only.
     previous = keras.config.dtype_policy()
@@ -490,9 +485,8 @@ def run_features(prepared_dir: str | Path, out_dir: str | Path, params: dict, sp
     elif not 0 <= start < stop <= len(plan):
         raise BadInput("--shards", f"{start}:{stop} is not a range of this collection's {len(plan)} shards "
                                    f"(0:{len(plan)}; {shard_studies} studies per shard, the blank control last)")
-    precision = check_precision(cfg.get("precision", "float32"))
-    extractor = FeatureExtractor(load_network(choice, image_size, seed, precision), cfg.get("batch_size", 16),
-                                 cfg.get("runtime", "auto"))
+    extractor = FeatureExtractor(load_network(choice, image_size, seed, cfg.get("precision", "float32")),
+                                 cfg.get("batch_size", 16), cfg.get("runtime", "auto"))
 
     blank = np.zeros((1, 2, image_size, image_size), np.uint8)   # two all-black images: the control
     for split, index, first, last in plan[start:stop]:
@@ -511,7 +505,7 @@ def run_features(prepared_dir: str | Path, out_dir: str | Path, params: dict, sp
         "grid": list(extractor.grid),
         "batch_size": extractor.batch_size,
         "runtime": extractor.describe_runtime(),
-        "precision": precision,
+        "precision": extractor.precision,
         "dtype": "float16",
         "network": "DenseNet121 (keras.applications), final BN+ReLU map and its global average",
         "preprocessing": "gray repeated to RGB, /255, ImageNet mean/std per channel",

@@ -41,6 +41,7 @@ from cxrgen.observations import OBSERVATIONS
 VIEWS = 2
 REGIONS_PER_VIEW = 49  # DenseNet121's 7x7 grid at 224x224
 PACKAGE = "cxrgen"
+FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -85,7 +86,6 @@ def check_plain_cell(cell) -> None:
              and getattr(cell, "reset_after", True))
     if not plain:
         raise ValueError(f"{cell.name}: cell_update supports Keras's default GRU/LSTM cells only")
-FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
 
 class ReportGenerator(keras.Model):

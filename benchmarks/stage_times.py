@@ -163,6 +163,11 @@ def paired_val_losses(before: Path, after: Path, features: Path, prepared: Path,
     return {"features": str(features), "prepared": str(prepared), "resamples": resamples, "models": paired}
 
 
+def recorded_stages(out: Path) -> dict:
+    """What metrics/speed.json (or --out) already holds under "stages"."""
+    return json.loads(out.read_text()).get("stages", {}) if out.is_file() else {}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--label", help="before | after (or any name); needed unless --paired")
@@ -178,7 +183,7 @@ def main() -> int:
     args = parser.parse_args()
     out = Path(args.out)
     if args.paired:
-        stages = json.loads(out.read_text()).get("stages", {}) if out.is_file() else {}
+        stages = recorded_stages(out)
         stages["val_loss_paired"] = paired_val_losses(*args.paired)
         record_speed(out, "stages", stages)
         print(json.dumps(stages["val_loss_paired"], indent=2))
@@ -187,7 +192,7 @@ def main() -> int:
         parser.error("--label is needed to time a run")
     overrides = {**OVERRIDES, **dict(item.split("=", 1) for item in args.set)}
     record = time_stages(args.rev, args.keep_metrics, overrides, args.keep_models)
-    stages = json.loads(out.read_text()).get("stages", {}) if out.is_file() else {}
+    stages = recorded_stages(out)   # read after the run: the file may have changed meanwhile
     stages[args.label] = record
     if "before" in stages and "after" in stages:
         stages["after_over_before"] = round(stages["after"]["total_seconds"] / stages["before"]["total_seconds"], 3)

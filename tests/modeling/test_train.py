@@ -29,6 +29,7 @@ from cxrgen.modeling.train import (  # noqa: E402
     abnormal_micro_f1,
     calibrate_thresholds,
     gain_interval,
+    learning_rate,
     load_training_data,
     make_dataset,
     study_folds,
@@ -43,7 +44,8 @@ from cxrgen.modeling.models import load_model  # noqa: E402
 
 COUNTS = {"train": 128, "val": 32, "test": 8}
 # After the first epoch (tracing) an epoch takes a fraction of a second: enough of them to learn.
-TRAIN = {"seed": 0, "epochs": 15, "batch_size": 16, "learning_rate": 0.03, "patience": 3}
+# The default cosine schedule takes the rate from 0.06 down to 0 over the 15 epochs (0.03 on average).
+TRAIN = {"seed": 0, "epochs": 15, "batch_size": 16, "learning_rate": 0.06, "patience": 3}
 
 
 def params(**train_overrides) -> dict:
@@ -395,6 +397,22 @@ def test_settings_are_checked():
         train_settings({"train": {"max_steps": -1}})
     with pytest.raises(BadInput, match="precision"):
         train_settings({"train": {"precision": "float16"}})
+    with pytest.raises(BadInput, match="lr_schedule"):
+        train_settings({"train": {"lr_schedule": "linear"}})
+
+
+def test_cosine_learning_rate_falls_to_zero_at_the_last_epoch_or_max_step():
+    settings = train_settings({"train": {"lr_schedule": "cosine", "learning_rate": 0.002, "epochs": 12,
+                                         "batch_size": 32}})
+    schedule = learning_rate(settings, 2376)   # 75 batches an epoch (the last one short)
+    value = lambda step: float(schedule(step))  # noqa: E731
+    assert value(0) == pytest.approx(0.002)
+    assert value(450) == pytest.approx(0.001, rel=1e-5)      # half-way: half the rate
+    assert value(899) > 0 and value(900) == pytest.approx(0.0, abs=1e-9) and value(2000) == pytest.approx(0.0, abs=1e-9)
+    assert all(value(step) > value(step + 75) for step in range(0, 900 - 75, 75))   # falls every epoch
+    fixed = learning_rate({**settings, "max_steps": 10}, 2376)
+    assert float(fixed(5)) == pytest.approx(0.001, rel=1e-5) and float(fixed(10)) == pytest.approx(0.0, abs=1e-9)
+    assert learning_rate({**settings, "lr_schedule": "constant"}, 2376) == 0.002
 
 
 def test_misaligned_or_missing_features_are_refused(dataset, tmp_path):

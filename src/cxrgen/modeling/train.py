@@ -52,9 +52,10 @@ from cxrgen.tables import read_parquet
 
 TRAIN_DEFAULTS = {
     "seed": 0,
-    "epochs": 40,
+    "epochs": 12,
     "batch_size": 32,
-    "learning_rate": 0.001,
+    "learning_rate": 0.002,
+    "lr_schedule": "cosine",    # cosine (from learning_rate down to 0 over the epochs' steps) | constant
     "clipnorm": 5.0,            # gradient norm clipping: recurrent nets blow up now and then
     "patience": 5,              # epochs without a better val loss before stopping
     "strategy": "none",         # none | mirrored (all GPUs, or all logical CPU devices)
@@ -66,6 +67,7 @@ TRAIN_DEFAULTS = {
     "precision": "float32",     # float32 | mixed_float16 (GPUs) | mixed_bfloat16: the layers' compute dtype
 }
 STRATEGIES = ("none", "mirrored", "multi_worker")
+LR_SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 BLANK_PREFIX = "blank_images/"
 FOLDS_KEY = 7  # seeds the cross-fitting folds apart from the shuffle
@@ -86,6 +88,8 @@ def train_settings(params: dict) -> dict:
         if not isinstance(value, int) or isinstance(value, bool) or value < (1 if key == "shuffle_buffer" else 0):
             raise BadInput("params.yaml", f"train.{key} must be a whole number >= "
                                           f"{1 if key == 'shuffle_buffer' else 0}, not {value!r}")
+    if settings["lr_schedule"] not in LR_SCHEDULES:
+        raise BadInput("params.yaml", f"train.lr_schedule must be one of {LR_SCHEDULES}, not {settings['lr_schedule']!r}")
     if settings["precision"] not in PRECISIONS:
         raise BadInput("params.yaml", f"train.precision must be one of {PRECISIONS}, not {settings['precision']!r}")
     grouping = settings["length_grouping"]
@@ -282,6 +286,16 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     return tf.distribute.MirroredStrategy(devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
 
 
+def learning_rate(settings: dict, n_train: int):
+    """The optimizer's learning rate: a number (constant) or a cosine decay from
+    `learning_rate` to 0 over every training step the run may take (`epochs` x batches an epoch, or
+    `max_steps`). The decay ends with the last epoch: early stopping may end the run before it."""
+    if settings["lr_schedule"] == "constant":
+        return settings["learning_rate"]
+    steps = settings["max_steps"] or settings["epochs"] * -(-n_train // settings["batch_size"])
+    return keras.optimizers.schedules.CosineDecay(settings["learning_rate"], decay_steps=max(int(steps), 1))
+
+
 def weights_digest(model: keras.Model) -> str:
     """sha256 of every weight's bytes, in order: the same digest means the same trained model."""
     digest = hashlib.sha256()
@@ -332,7 +346,8 @@ def fit(model_name: str, sizes: dict, settings: dict, data: TrainingData, strate
         # same transform, only without the image content.
         model.set_feature_statistics(data.features["train"])
         model.compile(
-            optimizer=keras.optimizers.Adam(settings["learning_rate"], clipnorm=settings["clipnorm"]),
+            optimizer=keras.optimizers.Adam(learning_rate(settings, len(data.tokens["train"])),
+                                            clipnorm=settings["clipnorm"]),
             loss=MaskedTokenLoss(),
         )
     source = {split: (data.blank if blank else data.features[split]) for split in ("train", "val")}

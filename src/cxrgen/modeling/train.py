@@ -54,7 +54,7 @@ TRAIN_DEFAULTS = {
     "seed": 0,
     "epochs": 12,
     "batch_size": 32,
-    "learning_rate": 0.002,
+    "learning_rate": 0.003,
     "lr_schedule": "cosine",    # cosine (from learning_rate down to 0 over the epochs' steps) | constant
     "clipnorm": 5.0,            # gradient norm clipping: recurrent nets blow up now and then
     "patience": 5,              # epochs without a better val loss before stopping

@@ -13,6 +13,9 @@ run.json saying which command, commit and machine produced them and how long it 
     bin/python benchmarks/iu_size.py [--name iu-size] [--collect-only]
 
 --collect-only copies the workspace's results of an earlier run of the same command.
+--from DIR --commit SHA copies them from the metrics folder that `benchmarks/stage_times.py --label
+after --keep-metrics DIR` kept from its run of the same settings at commit SHA (so that the timed
+run need not be run again).
 Like any `dvc exp run -S`, it leaves params.yaml with the experiment's settings; `git checkout
 params.yaml` restores the defaults.
 """
@@ -52,33 +55,49 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--name", default="iu-size", help="the experiment's name")
     parser.add_argument("--collect-only", action="store_true", help="copy an earlier run's results, run nothing")
+    parser.add_argument("--from", dest="source", type=Path,
+                        help="copy the results from this metrics folder (stage_times.py --keep-metrics), run nothing")
+    parser.add_argument("--commit", help="with --from: the commit that run timed")
     args = parser.parse_args()
+    if args.source and not args.commit:
+        parser.error("--from needs --commit (the commit stage_times.py ran)")
     command = [dvc(), "exp", "run", "-n", args.name, *OVERRIDES]
     seconds = None
-    if not args.collect_only:
+
+    def where(name: str) -> Path:
+        # The kept folder is the run's metrics/ itself: metrics/x.json is DIR/x.json there.
+        return args.source / Path(name).relative_to("metrics") if args.source else ROOT / name
+
+    if not args.collect_only and not args.source:
         start = time.monotonic()
         if subprocess.run(command, cwd=ROOT).returncode != 0:
             print("iu_size: the pipeline failed; nothing copied", file=sys.stderr)
             return 1
         seconds = round(time.monotonic() - start, 1)
-    missing = [name for name in RESULTS if not (ROOT / name).is_file()]
+    missing = [name for name in RESULTS if not where(name).is_file()]
     if missing:
         print(f"iu_size: no results to copy ({', '.join(missing)} missing): run without --collect-only",
               file=sys.stderr)
         return 1
-    data = json.loads((ROOT / "metrics/data.json").read_text())
+    data = json.loads(where("metrics/data.json").read_text())
     if data.get("data_source") != "synthetic" or data.get("counts", {}).get("reports") != 3955:
         print("iu_size: the workspace's results are not of the IU-size synthetic run "
               f"(source {data.get('data_source')}, {data.get('counts', {}).get('reports')} reports)", file=sys.stderr)
         return 1
     OUT.mkdir(parents=True, exist_ok=True)
     for name in RESULTS:
-        shutil.copyfile(ROOT / name, OUT / Path(name).name.replace(".json", "_details.json")
+        shutil.copyfile(where(name), OUT / Path(name).name.replace(".json", "_details.json")
                         if name.startswith("metrics/details/") else OUT / Path(name).name)
-    write_json_atomic(OUT / "run.json", {
-        "command": " ".join(["dvc", *command[1:]]), "commit": commit(), "pipeline_seconds": seconds,
-        "note": "seconds: the dvc exp run's wall time (null with --collect-only); stages DVC had cached are not rerun",
-        "machine": describe_machine()})
+    if args.source:
+        run = {"command": "bin/python benchmarks/stage_times.py --label after --keep-metrics DIR "
+                          "(the same settings, each stage by dvc repro --single-item from an empty cache)",
+               "commit": args.commit, "pipeline_seconds": None,
+               "note": "its seconds per stage: metrics/speed.json stages.after"}
+    else:
+        run = {"command": " ".join(["dvc", *command[1:]]), "commit": commit(), "pipeline_seconds": seconds,
+               "note": "seconds: the dvc exp run's wall time (null with --collect-only); stages DVC had cached "
+                       "are not rerun"}
+    write_json_atomic(OUT / "run.json", {**run, "machine": describe_machine()})
     print(f"iu_size: results in {OUT.relative_to(ROOT)}/")
     return 0
 

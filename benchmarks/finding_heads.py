@@ -25,12 +25,14 @@ import keras
 import numpy as np
 
 from cxrgen.benchmark import describe_machine
+from cxrgen.evaluation.scores import clinical_metrics
 from cxrgen.files import write_json_atomic
 from cxrgen.modeling import train as training
 from cxrgen.observations import OBSERVATIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 POOLS = ("lse", "max", "mean")
+BATCH = 32
 
 
 def region_head(mean: np.ndarray, std: np.ndarray, regions: int, channels: int, hidden: int, pool: str) -> keras.Model:
@@ -68,11 +70,11 @@ def main() -> int:
     del channels
     keras.utils.set_random_seed(args.seed)
     model = region_head(mean, std, x["train"].shape[1], x["train"].shape[2], args.hidden, args.pool)
-    steps = args.epochs * -(-len(x["train"]) // 32)
-    model.compile(keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(1e-3, steps)),
-                  loss=keras.losses.BinaryCrossentropy(from_logits=True))
+    schedule = training.learning_rate({"lr_schedule": "cosine", "learning_rate": 1e-3, "epochs": args.epochs,
+                                       "batch_size": BATCH, "max_steps": 0}, len(x["train"]))
+    model.compile(keras.optimizers.Adam(schedule), loss=keras.losses.BinaryCrossentropy(from_logits=True))
     start = time.monotonic()
-    model.fit(x["train"], y["train"], batch_size=32, epochs=args.epochs, verbose=2, shuffle=True)
+    model.fit(x["train"], y["train"], batch_size=BATCH, epochs=args.epochs, verbose=2, shuffle=True)
     seconds = round(time.monotonic() - start, 1)
 
     def probabilities(split: str) -> np.ndarray:
@@ -80,20 +82,18 @@ def main() -> int:
 
     val, test = probabilities("val"), probabilities("test")
     thresholds = training.calibrate_thresholds(val, y["val"])
-    per_observation = {}
-    for index, name in enumerate(OBSERVATIONS):
-        predicted, truth = test[:, index] > thresholds[index], y["test"][:, index] > 0
-        if truth.sum():
-            per_observation[name] = {"support": int(truth.sum()),
-                                     "f1": round(2 * int((predicted & truth).sum()) / int(predicted.sum() + truth.sum()), 4)}
+    # Scored as the evaluation scores reports' labels (its per-observation and abnormal micro-F1).
+    scores = clinical_metrics(test > thresholds, y["test"] > 0, OBSERVATIONS)
+    per_observation = {name: {"support": row["support"], "f1": round(row["f1"], 4)}
+                       for name, row in scores["per_observation"].items() if row["support"]}
     record = {
         "head": {"hidden": args.hidden, "pool": args.pool, "epochs": args.epochs, "seed": args.seed},
         "features": str(args.features), "prepared": str(args.prepared),
         "data_source": data.info.get("data_source"), "weights": data.info.get("weights"),
         "studies": {split: int(len(y[split])) for split in ("train", "val", "test")},
         "val_auc_macro": training.finding_head_auc(val, y["val"])["macro"],
-        "test_abnormal_f1": {"calibrated": round(training.abnormal_micro_f1(test > thresholds, y["test"]), 4),
-                             "at_0.5": round(training.abnormal_micro_f1(test > 0.5, y["test"]), 4)},
+        "test_abnormal_f1": {"calibrated": round(scores["abnormal_f1"], 4),
+                             "at_0.5": round(clinical_metrics(test > 0.5, y["test"] > 0, OBSERVATIONS)["abnormal_f1"], 4)},
         "test_f1_per_observation": per_observation,
         "fit_seconds": seconds, "machine": describe_machine(),
     }

@@ -140,8 +140,6 @@ def paired_val_losses(before: Path, after: Path, features: Path, prepared: Path,
     """Each model's val loss, before and after, on the same val studies and features, and the 95 %
     paired bootstrap interval of the difference (after - before) over the val studies: whether
     the faster run's models are as good as the slower run's, beyond which val studies there are."""
-    import numpy as np
-
     from cxrgen.modeling import train as training
     from cxrgen.modeling.models import MODELS as GENERATORS, load_model
 
@@ -152,13 +150,13 @@ def paired_val_losses(before: Path, after: Path, features: Path, prepared: Path,
         for label, folder in (("before", before), ("after", after)):
             model = load_model(folder / f"{name}.keras")
             sums[label], counts = training.study_token_losses(model, data.features["val"], data.tokens["val"], 32)
-        rows = np.random.default_rng(0).integers(0, len(counts), (resamples, len(counts)))
-        differences = (sums["after"][rows].sum(1) - sums["before"][rows].sum(1)) / counts[rows].sum(1)
+        # The train stage's paired bootstrap of a val-loss difference (there: blank - images).
+        low, high = training.gain_interval(sums["after"], sums["before"], counts, n_resamples=resamples)
         paired[name] = {
             "before": round(float(sums["before"].sum() / counts.sum()), 6),
             "after": round(float(sums["after"].sum() / counts.sum()), 6),
             "after_minus_before": round(float((sums["after"].sum() - sums["before"].sum()) / counts.sum()), 6),
-            "interval_95": [round(float(np.percentile(differences, q)), 6) for q in (2.5, 97.5)],
+            "interval_95": [round(low, 6), round(high, 6)],
         }
     return {"features": str(features), "prepared": str(prepared), "resamples": resamples, "models": paired}
 

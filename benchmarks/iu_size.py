@@ -76,12 +76,13 @@ def main() -> int:
         seconds = round(time.monotonic() - start, 1)
     missing = [name for name in RESULTS if not where(name).is_file()]
     if missing:
-        print(f"iu_size: no results to copy ({', '.join(missing)} missing): run without --collect-only",
+        print(f"iu_size: no results to copy ({', '.join(str(where(name)) for name in missing)} missing): "
+              + (f"not a --keep-metrics folder: {args.source}" if args.source else "run without --collect-only"),
               file=sys.stderr)
         return 1
     data = json.loads(where("metrics/data.json").read_text())
     if data.get("data_source") != "synthetic" or data.get("counts", {}).get("reports") != 3955:
-        print("iu_size: the workspace's results are not of the IU-size synthetic run "
+        print(f"iu_size: the results in {args.source or 'the workspace'} are not of the IU-size synthetic run "
               f"(source {data.get('data_source')}, {data.get('counts', {}).get('reports')} reports)", file=sys.stderr)
         return 1
     OUT.mkdir(parents=True, exist_ok=True)

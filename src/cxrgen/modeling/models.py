@@ -35,11 +35,18 @@ from keras import layers, ops
 from cxrgen.data.vocab import PAD_ID
 from cxrgen.errors import BadInput
 from cxrgen.files import atomic_path
-from cxrgen.modeling.whitening import whitening_transform
+from cxrgen.modeling.whitening import channel_statistics, whitening_transform
 from cxrgen.observations import OBSERVATIONS
 
 VIEWS = 2
 REGIONS_PER_VIEW = 49  # DenseNet121's 7x7 grid at 224x224
+# The finding head: "linear" reads the whitened pooled features; "regions" scores every region with
+# a shared MLP and pools the regions' logits by log-sum-exp (a soft maximum), plus a linear read-out
+# of the mean region. On IU-size random-weight features the second reads the abnormal findings at
+# test F1 .85 against the linear head's .75 (benchmarks/finding_heads.py): the findings are local.
+FINDING_HEADS = ("linear", "regions")
+REGION_HEAD_DROPOUT = 0.3   # on the standardised channels and on the MLP's hidden units (as probed)
+REGION_HEAD_L2 = 1e-4       # L2 penalty on the MLP's first layer (the linear read-out has finding_l2)
 PACKAGE = "cxrgen"
 FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
@@ -96,10 +103,13 @@ class ReportGenerator(keras.Model):
 
     def __init__(self, vocab_size: int, feature_dim: int = 1024, feature_dropout: float = 0.0,
                  findings: int = 0, finding_weight: float = 1.0, finding_l2: float = 0.0,
-                 finding_folds: int = 1, **kwargs):
+                 finding_folds: int = 1, finding_head: str = "linear", finding_hidden: int = 256,
+                 regions_per_view: int = REGIONS_PER_VIEW, **kwargs):
         super().__init__(**kwargs)
         self.vocab_size = int(vocab_size)
         self.feature_dim = int(feature_dim)
+        self.regions_per_view = int(regions_per_view)
+        self.regions = VIEWS * self.regions_per_view
         # The finding head: a linear classifier of the findings (the labeler's observations of the
         # training reports) on both views' whitened pooled features. Its probabilities, with the
         # gradient stopped, are one more input of the decoder: the report loss cannot turn them
@@ -120,12 +130,27 @@ class ReportGenerator(keras.Model):
         self.finding_folds = int(finding_folds)
         if self.finding_folds < 1:
             raise BadInput("params.yaml", f"finding_folds must be a positive integer, not {finding_folds!r}")
-        # One weight vector per finding and view: the classifier reads the two views' features
-        # (the baseline: both pooled vectors joined; the attention model: each region, per view).
-        self.finding_classifier = (layers.Dense(self.findings * self.classifier_outputs_per_finding
-                                                * self.finding_folds,
-                                                kernel_initializer="zeros", dtype=self.dtype_policy,
+        if finding_head not in FINDING_HEADS:
+            raise BadInput("params.yaml", f"finding_head must be one of {list(FINDING_HEADS)}, not {finding_head!r}")
+        if int(finding_hidden) < 1:
+            raise BadInput("params.yaml", f"finding_hidden must be a positive integer, not {finding_hidden!r}")
+        self.finding_head, self.finding_hidden = finding_head, int(finding_hidden)
+        self.region_head = bool(self.findings) and finding_head == "regions"
+        # Which features the model reads: a region head needs the regions, whatever the decoder reads.
+        self.feature_key = "spatial" if self.region_head else type(self).feature_key
+        # Linear head: one weight vector per finding and view, reading the two views' whitened
+        # features (the baseline: both pooled vectors joined; the attention model: each region, per
+        # view). Region head: the linear read-out of the standardised mean region of both views.
+        outputs = self.findings * self.finding_folds * (1 if self.region_head else self.classifier_outputs_per_finding)
+        self.finding_classifier = (layers.Dense(outputs, kernel_initializer="zeros", dtype=self.dtype_policy,
                                                 name="finding_classifier") if self.findings else None)
+        if self.region_head:
+            # Each fold's head has its own hidden units (one Dense of folds x hidden units), so no
+            # head learns from the studies of its fold through a shared layer.
+            self.finding_region_hidden = layers.Dense(self.finding_folds * self.finding_hidden, activation="relu",
+                                                      dtype=self.dtype_policy, name="finding_region_hidden")
+            self.finding_region_dropout = layers.Dropout(REGION_HEAD_DROPOUT, dtype=self.dtype_policy,
+                                                         name="finding_region_dropout")
         # Dropout on the whitened channels: each study's image is unique, and without it the decoder
         # learns the training reports by their images instead of what the images show.
         self.feature_dropout = float(feature_dropout)
@@ -152,6 +177,10 @@ class ReportGenerator(keras.Model):
         mean, matrix = whitening_transform(features, transform=transform, desc="whitening statistics")
         self.feature_mean.assign(mean.astype(np.float32))
         self.feature_whitening.assign(matrix.astype(np.float32))
+        if self.region_head:
+            mean, scale = channel_statistics(features, desc="region statistics")
+            self.region_mean.assign(mean.astype(np.float32))
+            self.region_scale.assign(scale.astype(np.float32))
 
     def whiten(self, features):
         """(features - mean) @ whitening, on the last axis."""
@@ -164,8 +193,22 @@ class ReportGenerator(keras.Model):
         return self.feature_dropout_layer(self.whiten(features), training=training)
 
     def _build_finding_head(self):
-        if self.finding_classifier is not None:
+        if self.region_head:
+            # Per-channel standardisation of the regions (training statistics; identity until set).
+            self.region_mean = self.add_weight(shape=(self.feature_dim,), initializer="zeros",
+                                               trainable=False, name="region_mean")
+            self.region_scale = self.add_weight(shape=(self.feature_dim,), initializer="ones",
+                                                trainable=False, name="region_scale")
+            self.finding_region_hidden.build((None, self.feature_dim))
+            self.finding_region_kernel = self.add_weight(
+                shape=(self.finding_folds, self.finding_hidden, self.findings), initializer="glorot_uniform",
+                name="finding_region_kernel")
+            self.finding_region_bias = self.add_weight(shape=(self.finding_folds, self.findings),
+                                                       initializer="zeros", name="finding_region_bias")
+            self.finding_classifier.build((None, self.feature_dim))
+        elif self.finding_classifier is not None:
             self.finding_classifier.build((None, VIEWS * self.feature_dim // self.classifier_outputs_per_finding))
+        if self.finding_classifier is not None:
             # Per finding, the probability above which the head's reading counts as "present":
             # 0.5 until training calibrates it on the val studies (cxrgen.modeling.train), saved
             # with the model so that every decoder of it reads the findings the same way.
@@ -210,7 +253,33 @@ class ReportGenerator(keras.Model):
         else:
             outside = 1.0 - ops.one_hot(ops.cast(folds, "int32"), self.finding_folds, dtype=fold_logits.dtype)
             fit = ops.sum(per_finding * ops.expand_dims(outside, -1)) / (ops.sum(outside) * self.findings)
-        return fit + self.finding_l2 * ops.sum(ops.square(self.finding_classifier.kernel))
+        penalty = self.finding_l2 * ops.sum(ops.square(self.finding_classifier.kernel))
+        if self.region_head:
+            penalty = penalty + REGION_HEAD_L2 * ops.sum(ops.square(self.finding_region_hidden.kernel))
+        return fit + penalty
+
+    def region_finding_logits(self, features, training=False) -> tuple:
+        """The region head on raw spatial features (N, 2, regions_per_view, F): (the study's
+        logits (N, folds, findings), each region's logits (N, 2 x regions_per_view, folds, findings)).
+
+        Each region's standardised channels go through the fold's MLP to one logit per finding; the
+        study's logit is the log-sum-exp of its regions' (minus log(regions): a soft maximum that
+        averages when all regions agree) plus a linear read-out of the mean region. A finding seen
+        in two or three regions of 98 then counts, where the mean over the regions dilutes it.
+        """
+        dtype = self.compute_dtype
+        regions = ops.reshape(ops.cast(features, dtype), (-1, self.regions, self.feature_dim))
+        regions = (regions - ops.cast(self.region_mean, dtype)) / ops.cast(self.region_scale, dtype)
+        regions = self.finding_region_dropout(regions, training=training)
+        hidden = self.finding_region_hidden(regions)                                   # (N, R, folds x H)
+        hidden = ops.reshape(hidden, (-1, self.regions, self.finding_folds, self.finding_hidden))
+        hidden = self.finding_region_dropout(hidden, training=training)
+        region_logits = (ops.einsum("nrkh,khf->nrkf", hidden, ops.cast(self.finding_region_kernel, dtype))
+                         + ops.cast(self.finding_region_bias, dtype))
+        pooled = ops.logsumexp(region_logits, axis=1) - float(np.log(self.regions))
+        linear = self.finding_classifier(ops.mean(regions, axis=1))
+        linear = ops.reshape(linear, (-1, self.finding_folds, self.findings))
+        return pooled + linear, region_logits
 
     def _finding_input(self, logits):
         """What the decoder reads of the finding head: probabilities, no gradient back into it."""
@@ -274,7 +343,8 @@ class ReportGenerator(keras.Model):
         config.update({"vocab_size": self.vocab_size, "feature_dim": self.feature_dim,
                        "feature_dropout": self.feature_dropout, "findings": self.findings,
                        "finding_weight": self.finding_weight, "finding_l2": self.finding_l2,
-                       "finding_folds": self.finding_folds})
+                       "finding_folds": self.finding_folds, "finding_head": self.finding_head,
+                       "finding_hidden": self.finding_hidden, "regions_per_view": self.regions_per_view})
         return config
 
 
@@ -304,7 +374,13 @@ class BaselineGenerator(ReportGenerator):
         self.logits_dense = self._layer(layers.Dense, vocab_size, name="logits")
 
     def feature_shape(self) -> tuple:
-        return (VIEWS, self.feature_dim)
+        # With a region head it reads the regions, and pools them itself for the decoder.
+        return (VIEWS, self.regions_per_view, self.feature_dim) if self.region_head else (VIEWS, self.feature_dim)
+
+    def set_feature_statistics(self, features: np.ndarray, transform=None) -> None:
+        """The whitening of the views' pooled vectors (with a region head: their mean regions)."""
+        super().set_feature_statistics(features, transform=(lambda chunk: chunk.mean(axis=2))
+                                       if self.region_head else None)
 
     def finding_logits(self, pooled):
         """(N, folds, findings) logits from the whitened pooled features of both views (N, 2, F)."""
@@ -326,11 +402,16 @@ class BaselineGenerator(ReportGenerator):
         self.built = True
 
     def _encode(self, features, training=False, folds=None) -> tuple:
+        finding_logits = None
+        if self.region_head:
+            finding_logits, _ = self.region_finding_logits(features, training)
+            features = ops.mean(ops.cast(features, self.compute_dtype), axis=2)   # each view's pooled vector
         features = self.standardise(features, training)
         joined = ops.reshape(features, (-1, VIEWS * self.feature_dim))  # 2 x 1024 -> 2048
-        finding_logits, parts = None, [joined] if self.direct_features else []
+        parts = [joined] if self.direct_features else []
         if self.finding_classifier is not None:
-            finding_logits = self.finding_logits(features)
+            if finding_logits is None:
+                finding_logits = self.finding_logits(features)
             parts.append(self._finding_input(self.select_folds(finding_logits, folds)))
         joined = ops.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0]
         return finding_logits, (self.image_dropout(self.image_dense(joined), training=training),)
@@ -382,8 +463,7 @@ class AttentionGenerator(ReportGenerator):
     feature_key = "spatial"
     classifier_outputs_per_finding = VIEWS   # each region is scored by its own view's weights
 
-    def __init__(self, vocab_size: int, feature_dim: int = 1024, regions_per_view: int = REGIONS_PER_VIEW,
-                 embedding_dim: int = 300, units: int = 512, projection_dim: int = 256,
+    def __init__(self, vocab_size: int, feature_dim: int = 1024, embedding_dim: int = 300, units: int = 512, projection_dim: int = 256,
                  attention_dim: int = 256, rnn: str = "gru", dropout: float = 0.3,
                  region_input: str = "features", **kwargs):
         super().__init__(vocab_size, feature_dim, **kwargs)
@@ -397,11 +477,9 @@ class AttentionGenerator(ReportGenerator):
         if region_input == "findings" and not self.findings:
             raise BadInput("params.yaml", "model.attention.region_input: findings needs finding_weight > 0")
         self.region_input = region_input
-        self.regions_per_view, self.embedding_dim = int(regions_per_view), int(embedding_dim)
-        self.units = int(units)
+        self.embedding_dim, self.units = int(embedding_dim), int(units)
         self.projection_dim, self.attention_dim = int(projection_dim), int(attention_dim)
         self.rnn, self.dropout = rnn, float(dropout)
-        self.regions = VIEWS * self.regions_per_view
         self.region_projection = self._layer(layers.Dense, projection_dim, activation="relu",
                                              name="region_projection")
         # Which view and which grid cell a region is: the projection alone would not tell the decoder.
@@ -475,7 +553,10 @@ class AttentionGenerator(ReportGenerator):
 
     def _encode(self, features, training=False, folds=None) -> tuple:
         finding_logits = None
-        if self.finding_classifier is not None:
+        if self.region_head:
+            finding_logits, region_logits = self.region_finding_logits(features, training)
+            findings = self._finding_input(self.select_folds(finding_logits, folds))
+        elif self.finding_classifier is not None:
             # The head classifies the views' pooled vectors, with the feature dropout at that level
             # (on each region it would drown the pooled signal in noise). Whitening is linear: the
             # mean of the whitened regions is the whitened mean region.
@@ -486,7 +567,8 @@ class AttentionGenerator(ReportGenerator):
             # Each region as the head sees it alone: the probability of each finding from that
             # region's features (bounded, so an image unlike the training ones cannot saturate the
             # decoder). No gradient: the report loss cannot reshape the evidence.
-            region_scores = self.select_folds(ops.stop_gradient(self.raw_view_scores(features)), folds)
+            region_scores = self.select_folds(ops.stop_gradient(
+                region_logits if self.region_head else self.raw_view_scores(features)), folds)
             content = ops.sigmoid(ops.reshape(region_scores, (-1, self.regions, self.findings)))
         else:
             features = self.feature_dropout_layer(self.whiten(features), training=training)
@@ -598,11 +680,21 @@ MODELS = {"baseline": BaselineGenerator, "attention": AttentionGenerator}
 # Sizes as in the case study (LSTM/GRU 512, embedding 300); params.yaml model.<name> overrides them.
 DEFAULT_SIZES = {
     "baseline": {"embedding_dim": 300, "units": 512, "dropout": 0.3, "feature_dropout": 0.0,
-                 "finding_weight": 0.0, "finding_l2": 0.0, "finding_folds": 1, "direct_features": True},
+                 "finding_weight": 0.0, "finding_l2": 0.0, "finding_folds": 1, "finding_head": "linear",
+                 "finding_hidden": 256, "direct_features": True},
     "attention": {"embedding_dim": 300, "units": 512, "projection_dim": 256, "attention_dim": 256,
                   "rnn": "gru", "dropout": 0.3, "feature_dropout": 0.0, "finding_weight": 0.0, "finding_l2": 0.0,
-                  "finding_folds": 1, "region_input": "features"},
+                  "finding_folds": 1, "finding_head": "linear", "finding_hidden": 256, "region_input": "features"},
 }
+
+
+def feature_key_for(name: str, sizes: dict | None = None) -> str:
+    """Which features model `name` with these params.yaml sizes reads: "spatial" (the regions) or "pooled"."""
+    if name not in MODELS:
+        raise BadInput("params.yaml", f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+    settings = {**DEFAULT_SIZES[name], **(sizes or {})}
+    region_head = settings["finding_head"] == "regions" and float(settings["finding_weight"]) > 0
+    return "spatial" if region_head else MODELS[name].feature_key
 
 
 def build_model(name: str, vocab_size: int, feature_shape: tuple, sizes: dict | None = None,
@@ -620,13 +712,13 @@ def build_model(name: str, vocab_size: int, feature_shape: tuple, sizes: dict | 
                                       f"known: {sorted(DEFAULT_SIZES[name])}")
     settings = {**DEFAULT_SIZES[name], **sizes}
     cls = MODELS[name]
-    expected_rank = 2 if cls is BaselineGenerator else 3
+    expected_rank = 3 if feature_key_for(name, settings) == "spatial" else 2
     feature_shape = tuple(int(d) for d in feature_shape)
     if len(feature_shape) != expected_rank or feature_shape[0] != VIEWS:
-        raise BadInput("features", f"model {name} needs '{cls.feature_key}' features shaped "
+        raise BadInput("features", f"model {name} needs '{feature_key_for(name, settings)}' features shaped "
                                    f"{'(2, F)' if expected_rank == 2 else '(2, regions, F)'} per study, "
                                    f"got {feature_shape}")
-    if cls is AttentionGenerator:
+    if expected_rank == 3:
         settings["regions_per_view"] = feature_shape[1]
     # finding_weight > 0: a finding head over the labeler's observations, trained with that weight.
     settings["findings"] = len(OBSERVATIONS) if float(settings["finding_weight"]) > 0 else 0

@@ -44,6 +44,7 @@ from cxrgen.modeling.models import (
     MaskedTokenLoss,
     ReportGenerator,
     build_model,
+    feature_key_for,
     save_model,
 )
 from cxrgen.observations import NO_FINDING, OBSERVATIONS
@@ -523,7 +524,7 @@ def train(model_name: str, params: dict, features_dir: str | Path, prepared_dir:
     strategy = make_strategy(settings["strategy"])
     if settings["deterministic"]:
         tf.config.experimental.enable_op_determinism()
-    data = load_training_data(features_dir, prepared_dir, MODELS[model_name].feature_key)
+    data = load_training_data(features_dir, prepared_dir, feature_key_for(model_name, sizes))
     # In a cluster every worker trains; only the chief writes the model, the metrics and the curves.
     chief = distributed.is_chief(strategy)
     live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None) if chief else None

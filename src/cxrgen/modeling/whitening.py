@@ -52,3 +52,24 @@ def whitening_transform(features: np.ndarray, regularisation: float = REGULARISA
     values = np.maximum(values, 0.0) + regularisation * max(float(values.mean()), 1e-12)
     zca = (vectors / np.sqrt(values)) @ vectors.T
     return mean, zca / scale[:, None]
+
+
+def channel_statistics(features: np.ndarray, desc: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(mean (F,), scale (F,)) of each channel (last axis) over every other axis, read in chunks of
+    CHUNK studies as whitening_transform reads them; scales floored as there (SCALE_FLOOR x the
+    median channel's), so a channel that hardly ever fires is not blown up where it does."""
+    dim = features.shape[-1]
+    total, squares, count = np.zeros(dim), np.zeros(dim), 0
+    starts = range(0, len(features), CHUNK)
+    for start in tqdm(starts, desc=desc, unit=" chunks", file=sys.stderr, mininterval=2,
+                      disable=desc is None or len(starts) < 8):
+        chunk = np.asarray(features[start:start + CHUNK], np.float64).reshape(-1, dim)
+        total += chunk.sum(axis=0)
+        squares += np.square(chunk).sum(axis=0)
+        count += len(chunk)
+    if count == 0:
+        raise ValueError("no features to take statistics from")
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - np.square(mean), 0.0))
+    typical = float(np.median(std[std > 0])) if np.any(std > 0) else 1.0
+    return mean, np.maximum(std, SCALE_FLOOR * typical)

@@ -9,8 +9,8 @@ DenseNet channels → ReLU layer → one logit per observation), the regions' lo
 training split's labeler findings, its thresholds are calibrated on the val split as the models'
 heads are (cxrgen.modeling.train.calibrate_thresholds), and it is scored on the test split:
 abnormal-finding micro-F1 and F1 per observation, written to metrics/finding_heads.json (one entry
-per head setting). A probe of what the models' own (linear) heads leave unread; the models do not
-use it (yet).
+per head setting). The probe that chose the models' region head (`finding_head: regions`, which
+is this head cross-fitted and trained alongside the decoder); here it is fitted alone.
 """
 
 from __future__ import annotations

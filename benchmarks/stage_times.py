@@ -141,14 +141,15 @@ def paired_val_losses(before: Path, after: Path, features: Path, prepared: Path,
     paired bootstrap interval of the difference (after - before) over the val studies: whether
     the faster run's models are as good as the slower run's, beyond which val studies there are."""
     from cxrgen.modeling import train as training
-    from cxrgen.modeling.models import MODELS as GENERATORS, load_model
+    from cxrgen.modeling.models import load_model
 
     paired = {}
     for name in MODELS:
-        data = training.load_training_data(features, prepared, GENERATORS[name].feature_key, splits=("val",))
         sums = {}
         for label, folder in (("before", before), ("after", after)):
             model = load_model(folder / f"{name}.keras")
+            # Each model reads its own features (a region finding head reads the regions).
+            data = training.load_training_data(features, prepared, model.feature_key, splits=("val",))
             sums[label], counts = training.study_token_losses(model, data.features["val"], data.tokens["val"], 32)
         # The train stage's paired bootstrap of a val-loss difference (there: blank - images).
         low, high = training.gain_interval(sums["after"], sums["before"], counts, n_resamples=resamples)

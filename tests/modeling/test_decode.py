@@ -8,6 +8,7 @@ import json
 import os
 import runpy
 import sys
+import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -36,11 +37,12 @@ from cxrgen.modeling.decode import (  # noqa: E402
     ngram_bans_one,
 )
 from cxrgen.modeling.decode import sample as sample_reports  # noqa: E402
-from cxrgen.modeling.models import MaskedTokenLoss, build_model, save_model  # noqa: E402
+from cxrgen.modeling.models import MaskedTokenLoss, build_model, feature_key_for, save_model  # noqa: E402
 from cxrgen.observations import OBSERVATIONS  # noqa: E402
 from cxrgen.modeling.train import token_matrix  # noqa: E402
 
 MAX_LEN = 16
+REGION_HEAD = {"finding_weight": 1.0, "finding_head": "regions", "finding_hidden": 4, "finding_folds": 2}
 
 
 @pytest.fixture(scope="module")
@@ -59,17 +61,23 @@ def trained(data):
     candidates: their scores differ by rounding (~1e-16) far less than any two real scores do.
     """
     models = {}
-    for name in ("baseline", "attention"):
+    for variant in ("baseline", "attention", "baseline_regions", "attention_regions"):
+        name = variant.removesuffix("_regions")
+        # _regions: with a cross-fitted region finding head (the defaults' head), its probabilities
+        # read by the decoder beside the features.
+        sizes = {**SIZES[name], **(REGION_HEAD if variant.endswith("_regions") else {})}
         keras.utils.set_random_seed(0)
-        features = data[build_model(name, 5, (2, 49, 4) if name == "attention" else (2, 4)).feature_key]
-        model = build_model(name, len(data["vocab"]), features.shape[1:], SIZES[name])
+        features = data[feature_key_for(name, sizes)]
+        model = build_model(name, len(data["vocab"]), features.shape[1:], sizes)
         model.compile(optimizer=keras.optimizers.Adam(0.03), loss=MaskedTokenLoss())
         tokens = data["tokens"]
-        model.fit({"features": features, "tokens": tokens[:, :-1]}, tokens[:, 1:], epochs=12, batch_size=16,
-                  verbose=0)
-        exact = build_model(name, len(data["vocab"]), features.shape[1:], SIZES[name], dtype="float64")
+        with warnings.catch_warnings():   # the heads get no targets here: Keras warns they get no gradients
+            warnings.filterwarnings("ignore", message="Gradients do not exist")
+            model.fit({"features": features, "tokens": tokens[:, :-1]}, tokens[:, 1:], epochs=12, batch_size=16,
+                      verbose=0)
+        exact = build_model(name, len(data["vocab"]), features.shape[1:], sizes, dtype="float64")
         exact.set_weights([weight.astype(np.float64) for weight in model.get_weights()])
-        models[name] = (exact, features[:10].astype(np.float64))
+        models[variant] = (exact, features[:10].astype(np.float64))
     return models
 
 
@@ -83,7 +91,7 @@ SETTINGS = [
 ]
 
 
-@pytest.mark.parametrize("name", ["baseline", "attention"])
+@pytest.mark.parametrize("name", ["baseline", "attention", "baseline_regions", "attention_regions"])
 @pytest.mark.parametrize("settings", SETTINGS,
                          ids=lambda s: f"w{s.beam_width}-a{s.length_penalty}-n{s.no_repeat_ngram}")
 def test_batched_search_equals_the_per_study_reference(trained, name, settings):
@@ -95,15 +103,16 @@ def test_batched_search_equals_the_per_study_reference(trained, name, settings):
     np.testing.assert_array_equal(batched.finished, reference.finished)
     np.testing.assert_allclose(batched.scores, reference.scores, rtol=1e-9)
     np.testing.assert_allclose(batched.log_probs, reference.log_probs, rtol=1e-9)
-    if name == "attention":
+    if name.startswith("attention"):
         np.testing.assert_allclose(batched.attention, reference.attention, atol=1e-6)
     else:
         assert batched.attention is None and reference.attention is None
 
 
-def test_the_comparison_covers_finished_and_unfinished_beams_and_different_lengths(trained):
+@pytest.mark.parametrize("name", ["attention", "attention_regions", "baseline_regions"])
+def test_the_comparison_covers_finished_and_unfinished_beams_and_different_lengths(trained, name):
     """Guards the test above against a degenerate model (every report the same, or none ending)."""
-    model, features = trained["attention"]
+    model, features = trained[name]
     plain = beam_search(model, features, SETTINGS[2])
     assert plain.finished.all() and len(set(plain.lengths.tolist())) > 1
     assert len({tuple(row) for row in plain.tokens}) > 2

@@ -19,11 +19,13 @@ from cxrgen.errors import BadInput  # noqa: E402
 from cxrgen.modeling.models import (  # noqa: E402
     AttentionGenerator,
     BaselineGenerator,
+    REGION_HEAD_L2,
     MaskedTokenLoss,
     build_model,
     cell_input_bias,
     cell_update,
     check_plain_cell,
+    feature_key_for,
     load_model,
     save_model,
 )
@@ -422,3 +424,151 @@ def test_region_evidence_without_whitening_every_region_gives_the_same_scores():
     study_logits = pooled.numpy().sum(axis=1).mean(axis=1)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(model.finding_probabilities(features)),
                                tf.sigmoid(study_logits).numpy(), atol=1e-5)
+
+
+# The region head: a shared MLP per region, log-sum-exp pooling, a linear read-out of the mean region.
+REGION_HEAD = {"finding_weight": 1.0, "finding_head": "regions", "finding_hidden": 5}
+REGION_SETTINGS = {"baseline": {**REGION_HEAD, "direct_features": False},
+                   "attention": {**REGION_HEAD, "region_input": "findings"}}
+SPATIAL = (2, 49, FEATURE_DIM)
+
+
+def region_model(name: str, folds: int = 1, seed: int = 0, **extra):
+    """A tiny model with a region head, its statistics set and its weights all non-zero."""
+    keras.utils.set_random_seed(seed)
+    model = build_model(name, VOCAB, SPATIAL, {**SIZES[name], **REGION_SETTINGS[name], "finding_folds": folds, **extra})
+    rng = np.random.default_rng(seed)
+    model.set_feature_statistics(rng.normal(0.5, 0.2, (40, *SPATIAL)).astype(np.float32))
+    head = model.finding_classifier
+    head.kernel.assign(tf.random.normal(head.kernel.shape, seed=seed + 1))
+    head.bias.assign(tf.random.normal(head.bias.shape, seed=seed + 2))
+    model.finding_region_bias.assign(tf.random.normal(model.finding_region_bias.shape, seed=seed + 3))
+    return model
+
+
+def spatial_batch(studies: int = 3, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    return {"features": rng.normal(0.5, 0.2, (studies, *SPATIAL)).astype(np.float32),
+            "tokens": rng.integers(1, VOCAB, (studies, 6)).astype(np.int32)}
+
+
+def region_head_by_hand(model, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(study logits (N, folds, findings), region logits (N, 98, folds, findings)) in numpy."""
+    weight = lambda w: keras.ops.convert_to_numpy(w).astype(np.float64)  # noqa: E731
+    regions = features.reshape(len(features), -1, FEATURE_DIM).astype(np.float64)
+    regions = (regions - weight(model.region_mean)) / weight(model.region_scale)
+    hidden_layer = model.finding_region_hidden
+    hidden = np.maximum(regions @ weight(hidden_layer.kernel) + weight(hidden_layer.bias), 0.0)
+    hidden = hidden.reshape(*hidden.shape[:2], model.finding_folds, model.finding_hidden)
+    region_logits = np.einsum("nrkh,khf->nrkf", hidden, weight(model.finding_region_kernel)) + weight(model.finding_region_bias)
+    top = region_logits.max(axis=1, keepdims=True)
+    pooled = (top[:, 0] + np.log(np.exp(region_logits - top).sum(axis=1))) - np.log(regions.shape[1])
+    linear = regions.mean(axis=1) @ weight(model.finding_classifier.kernel) + weight(model.finding_classifier.bias)
+    return pooled + linear.reshape(len(features), model.finding_folds, -1), region_logits
+
+
+@pytest.mark.parametrize("name", ["baseline", "attention"])
+def test_the_region_head_is_a_per_region_mlp_pooled_by_log_sum_exp_plus_a_linear_read_out(name):
+    model = region_model(name, folds=2)
+    assert model.feature_key == "spatial" and model.feature_shape() == SPATIAL
+    inputs = spatial_batch()
+    expected, expected_regions = region_head_by_hand(model, inputs["features"])
+    fold_logits, region_logits = model.region_finding_logits(inputs["features"])
+    np.testing.assert_allclose(fold_logits.numpy(), expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(region_logits.numpy(), expected_regions, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(model._encode(inputs["features"])[0].numpy(), expected, rtol=1e-4, atol=1e-4)
+    # New studies read the mean of the heads' logits.
+    np.testing.assert_allclose(model.finding_probabilities(inputs["features"]).numpy(),
+                               1 / (1 + np.exp(-expected.mean(axis=1))), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["baseline", "attention"])
+def test_a_region_head_model_decodes_step_by_step_as_it_is_taught_and_saves(name, tmp_path):
+    model = region_model(name, folds=3)
+    inputs = spatial_batch()
+    logits = model(inputs).numpy()
+    np.testing.assert_allclose(step_by_step(model, inputs)[0], logits, atol=1e-5)
+    path = tmp_path / f"{name}.keras"
+    save_model(model, path)
+    loaded = load_model(path)
+    assert loaded.get_config() == model.get_config() and loaded.feature_key == "spatial"
+    np.testing.assert_array_equal(loaded(inputs).numpy(), logits)
+    np.testing.assert_array_equal(loaded.finding_probabilities(inputs["features"]).numpy(),
+                                  model.finding_probabilities(inputs["features"]).numpy())
+
+
+@pytest.mark.parametrize("name", ["baseline", "attention"])
+def test_the_report_loss_cannot_train_the_region_head_but_reads_it(name):
+    model = region_model(name, folds=2)
+    inputs = spatial_batch()
+    head = [model.finding_region_hidden.kernel, model.finding_region_kernel, model.finding_region_bias,
+            model.finding_classifier.kernel]
+    with tf.GradientTape() as tape:
+        report = tf.reduce_sum(tf.square(model(inputs, training=False)))
+    assert all(g is None or not np.any(g.numpy()) for g in tape.gradient(report, head))
+    before = model(inputs).numpy()
+    model.finding_region_bias.assign(model.finding_region_bias + 3.0)
+    assert not np.allclose(model(inputs).numpy(), before, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["baseline", "attention"])
+def test_region_heads_are_cross_fitted_without_a_shared_layer(name):
+    folds = 3
+    model = region_model(name, folds=folds, finding_l2=0.01)
+    inputs = spatial_batch()
+    hidden = model.finding_hidden
+
+    # Study i's decoder reads head folds[i] alone: changing head 2's hidden units leaves study 0 (fold 0).
+    def decoder_inputs(fold_of_studies):
+        context = model._encode(inputs["features"], training=False, folds=fold_of_studies)[1]
+        return np.concatenate([keras.ops.convert_to_numpy(c).reshape(3, -1) for c in context], axis=1)
+
+    study_folds = np.array([0, 2, 2], np.int32)
+    before = decoder_inputs(study_folds)
+    kernel = model.finding_region_hidden.kernel.numpy()
+    kernel[:, 2 * hidden:] += 0.5
+    model.finding_region_hidden.kernel.assign(kernel)
+    after = decoder_inputs(study_folds)
+    assert np.allclose(before[0], after[0], atol=1e-6)
+    assert not np.allclose(before[1:], after[1:], atol=1e-4)
+
+    # All studies in fold 0: head 0 gets no gradient from the cross-entropy, only from its L2 penalty.
+    targets = np.zeros((3, len(OBSERVATIONS)), np.float32)
+    targets[:, 1] = 1.0
+    variables = [model.finding_region_hidden.kernel, model.finding_region_kernel, model.finding_classifier.kernel]
+    with tf.GradientTape() as tape:
+        model({**inputs, "findings": targets, "folds": np.zeros(3, np.int32)}, training=True)
+        (finding_loss,) = model.losses
+    hidden_grad, region_grad, linear_grad = (g.numpy() for g in tape.gradient(finding_loss, variables))
+    penalty_grad = 2 * REGION_HEAD_L2 * model.finding_region_hidden.kernel.numpy()
+    np.testing.assert_allclose(hidden_grad[:, :hidden], penalty_grad[:, :hidden], atol=1e-7)
+    assert not np.allclose(hidden_grad[:, hidden:], penalty_grad[:, hidden:], atol=1e-6)
+    assert not np.any(region_grad[0]) and np.any(region_grad[1]) and np.any(region_grad[2])
+    k = len(OBSERVATIONS)
+    np.testing.assert_allclose(linear_grad[:, :k], 2 * 0.01 * model.finding_classifier.kernel.numpy()[:, :k], atol=1e-7)
+
+    # The loss: heads 1 and 2's mean cross-entropy plus both penalties (the head's dropout set to 0
+    # here, so that its training pass can be computed by hand).
+    model.finding_region_dropout.rate = 0.0
+    with tf.GradientTape():
+        model({**inputs, "findings": targets, "folds": np.zeros(3, np.int32)}, training=True)
+        (finding_loss,) = model.losses
+    expected_logits, _ = region_head_by_hand(model, inputs["features"])
+    others = expected_logits[:, 1:].reshape(-1, k)
+    cross_entropy = keras.losses.BinaryCrossentropy(from_logits=True)(np.repeat(targets, folds - 1, axis=0), others)
+    penalties = (0.01 * np.sum(model.finding_classifier.kernel.numpy() ** 2)
+                 + REGION_HEAD_L2 * np.sum(model.finding_region_hidden.kernel.numpy() ** 2))
+    assert float(finding_loss) == pytest.approx(float(cross_entropy) + penalties, rel=1e-4)
+
+
+def test_region_head_settings_are_checked_and_decide_the_features_read():
+    assert feature_key_for("baseline", REGION_SETTINGS["baseline"]) == "spatial"
+    assert feature_key_for("baseline", {**REGION_SETTINGS["baseline"], "finding_weight": 0.0,
+                                        "direct_features": True}) == "pooled"
+    assert feature_key_for("baseline", {}) == "pooled" and feature_key_for("attention", {}) == "spatial"
+    with pytest.raises(BadInput, match="spatial"):
+        build_model("baseline", VOCAB, SHAPES["baseline"], {**SIZES["baseline"], **REGION_SETTINGS["baseline"]})
+    with pytest.raises(BadInput, match="finding_head"):
+        build_model("attention", VOCAB, SPATIAL, {**SIZES["attention"], "finding_weight": 1.0, "finding_head": "mlp"})
+    with pytest.raises(BadInput, match="finding_hidden"):
+        build_model("attention", VOCAB, SPATIAL, {**SIZES["attention"], **REGION_HEAD, "finding_hidden": 0})

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from cxrgen.modeling.whitening import SCALE_FLOOR, whitening_transform
+from cxrgen.modeling.whitening import SCALE_FLOOR, channel_statistics, whitening_transform
 
 
 def test_a_channel_that_hardly_ever_fires_is_not_blown_up_in_a_new_study():
@@ -34,3 +35,14 @@ def test_ordinary_channels_are_whitened():
     assert np.abs(covariance[~np.eye(8, dtype=bool)]).max() < 0.05
     # Near 1; a little less where the eigenvalue floor (1 % of the mean) damps the small directions.
     assert np.all((np.diag(covariance) > 0.8) & (np.diag(covariance) < 1.05))
+
+
+def test_channel_statistics_are_each_channels_mean_and_floored_scale_over_every_other_axis():
+    rng = np.random.default_rng(2)
+    regions = rng.normal(3.0, 2.0, size=(600, 2, 5, 6))     # more studies than one chunk
+    regions[..., 4] = 7.0                                  # a channel that never varies
+    mean, scale = channel_statistics(regions)
+    flat = regions.reshape(-1, 6)
+    np.testing.assert_allclose(mean, flat.mean(axis=0), rtol=1e-9)
+    np.testing.assert_allclose(np.delete(scale, 4), np.delete(flat.std(axis=0), 4), rtol=1e-9)
+    assert scale[4] == pytest.approx(SCALE_FLOOR * np.median(np.delete(flat.std(axis=0), 4)))

@@ -198,7 +198,7 @@ def beam_search(model: ReportGenerator, features, settings: DecodeSettings, batc
 
 
 def _empty(model: ReportGenerator, settings: DecodeSettings) -> Decoded:
-    regions = getattr(model, "regions", None)
+    regions = model.attended_regions
     attention = None if regions is None else np.zeros((0, settings.steps, regions), np.float32)
     return Decoded(np.zeros((0, settings.steps), np.int32), np.zeros(0), np.zeros(0), np.zeros(0, np.int64),
                    np.zeros(0, bool), attention)
@@ -332,7 +332,7 @@ def beam_search_reference(model: ReportGenerator, features, settings: DecodeSett
 
 
 def _collect(model: ReportGenerator, results: list, steps: int) -> Decoded:
-    regions = getattr(model, "regions", None)
+    regions = model.attended_regions
     tokens = np.full((len(results), steps), PAD_ID, dtype=np.int32)
     attention = None if regions is None else np.zeros((len(results), steps, regions), dtype=np.float32)
     for row, (hypothesis, _) in enumerate(results):

@@ -285,6 +285,11 @@ class ReportGenerator(keras.Model):
         """What the decoder reads of the finding head: probabilities, no gradient back into it."""
         return ops.stop_gradient(ops.sigmoid(logits))
 
+    @property
+    def attended_regions(self) -> int | None:
+        """How many regions the decoder's attention weights cover each word, None without attention."""
+        return None
+
     def _layer(self, cls, *args, **kwargs):
         """A sublayer with this model's dtype policy (Keras does not pass it down by itself)."""
         return cls(*args, dtype=self.dtype_policy, **kwargs)
@@ -498,6 +503,10 @@ class AttentionGenerator(ReportGenerator):
 
     def feature_shape(self) -> tuple:
         return (VIEWS, self.regions_per_view, self.feature_dim)
+
+    @property
+    def attended_regions(self) -> int | None:
+        return self.regions
 
     def build(self, input_shape=None):
         self._build_feature_statistics()

@@ -45,7 +45,8 @@ from cxrgen.modeling.models import load_model  # noqa: E402
 COUNTS = {"train": 128, "val": 32, "test": 8}
 # After the first epoch (tracing) an epoch takes a fraction of a second: enough of them to learn.
 # The default cosine schedule takes the rate from 0.06 down to 0 over the 15 epochs (0.03 on average).
-TRAIN = {"seed": 0, "epochs": 15, "batch_size": 16, "learning_rate": 0.06, "patience": 3}
+TRAIN = {"seed": 0, "epochs": 15, "batch_size": 16, "learning_rate": 0.06, "patience": 3,
+         "finding_learning_rate": 0.03}   # few steps an epoch here: larger rates than the defaults
 
 
 def params(**train_overrides) -> dict:

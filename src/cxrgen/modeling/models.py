@@ -127,6 +127,7 @@ class ReportGenerator(keras.Model):
         # fitting, the decoder reads for each study the head that never saw it, so it learns how
         # far out-of-sample probabilities can be trusted. Elsewhere it reads the mean of the heads'
         # logits (one linear classifier). 1 = one head, read as it is.
+        self.finding_heads_frozen = False
         self.finding_folds = int(finding_folds)
         if self.finding_folds < 1:
             raise BadInput("params.yaml", f"finding_folds must be a positive integer, not {finding_folds!r}")
@@ -281,6 +282,25 @@ class ReportGenerator(keras.Model):
         linear = ops.reshape(linear, (-1, self.finding_folds, self.findings))
         return pooled + linear, region_logits
 
+    def finding_head_variables(self) -> list:
+        """The finding heads' trainable weights (empty without a head)."""
+        if self.finding_classifier is None:
+            return []
+        head = list(self.finding_classifier.weights)
+        if self.region_head:
+            head += [*self.finding_region_hidden.weights, self.finding_region_kernel, self.finding_region_bias]
+        return head
+
+    def freeze_finding_heads(self) -> None:
+        """Fitted heads stay as they are while the decoder trains (cxrgen.modeling.train fits them
+        first): their weights stop being trainable and `call` adds no head loss."""
+        for layer in (self.finding_classifier, getattr(self, "finding_region_hidden", None)):
+            if layer is not None:
+                layer.trainable = False
+        for variable in self.finding_head_variables():
+            variable.trainable = False
+        self.finding_heads_frozen = True
+
     def _finding_input(self, logits):
         """What the decoder reads of the finding head: probabilities, no gradient back into it."""
         return ops.stop_gradient(ops.sigmoid(logits))
@@ -321,7 +341,7 @@ class ReportGenerator(keras.Model):
     def call(self, inputs, training=False):
         folds = inputs.get("folds") if training else None
         fold_logits, context = self._encode(inputs["features"], training=training, folds=folds)
-        if training and fold_logits is not None and "findings" in inputs:
+        if training and fold_logits is not None and "findings" in inputs and not self.finding_heads_frozen:
             # Only while fitting: Keras's val_loss (early stopping) stays the report loss alone.
             # float32 whatever the compute dtype: Keras sums it with the (float32) report loss.
             head_loss = self.finding_weight * self.finding_head_loss(fold_logits, inputs["findings"], folds)

@@ -20,6 +20,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import yaml  # noqa: E402
+import tensorflow as tf  # noqa: E402
 from synthetic_captions import SIZES, write_dataset  # noqa: E402
 
 from cxrgen.data.vocab import END_ID, PAD_ID, START_ID, build_vocab  # noqa: E402
@@ -28,10 +29,13 @@ from cxrgen.features.store import KEYS, FeatureStore, write_store  # noqa: E402
 from cxrgen.modeling.train import (  # noqa: E402
     abnormal_micro_f1,
     calibrate_thresholds,
+    fit,
     gain_interval,
+    head_probabilities,
     learning_rate,
     load_training_data,
     make_dataset,
+    roc_auc,
     study_folds,
     token_loss,
     token_matrix,
@@ -252,8 +256,12 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     from synthetic_captions import SIZES
     from cxrgen.modeling.train import train
     features, prepared, out, model = sys.argv[2:6]
+    # With a cross-fitted region finding head, fitted first (its own loop, also across the replicas).
+    sizes = {**SIZES, "attention": {**SIZES["attention"], "finding_weight": 1.0, "finding_head": "regions",
+                                    "finding_hidden": 8, "finding_folds": 2}}
     params = {"train": {"seed": 0, "epochs": 3, "batch_size": 16, "learning_rate": 0.03, "patience": 3,
-                        "strategy": "mirrored", "image_control": False}, "model": SIZES}
+                        "strategy": "mirrored", "image_control": False, "finding_epochs": 3,
+                        "finding_learning_rate": 0.03}, "model": sizes}
     metrics = train(model, params, features, prepared, out + "/model.keras", out + "/metrics.json",
                     out + "/dvclive")
     print(json.dumps({"devices": len(tf.config.list_logical_devices("CPU")), **metrics}))
@@ -271,6 +279,7 @@ def test_mirrored_strategy_on_two_logical_cpu_devices(dataset, tmp_path, project
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads(result.stdout.strip().splitlines()[-1])
     assert metrics["devices"] == 2 and metrics["replicas"] == 2
+    assert metrics["finding_head_epochs"] == 3 and metrics["val_finding_auc"]["Cardiomegaly"] > 0.9
     val_curve = read_curve(tmp_path / "dvclive/plots/metrics/val_loss.tsv")
     assert metrics["val_loss"] < 0.8 * val_curve[0]
     model = keras.models.load_model(tmp_path / "model.keras", safe_mode=True)
@@ -284,9 +293,12 @@ def test_mixed_precision_trains_and_saves_a_float32_model(name, dataset, tmp_pat
     computes in float32 with the trained weights: its val loss is the one recorded, to bfloat16's
     rounding."""
     features, prepared = dataset
-    metrics = train(name, params(precision="mixed_bfloat16", image_control=False), features, prepared,
+    setting = params(precision="mixed_bfloat16", image_control=False, finding_epochs=5)
+    setting["model"] = {name: {**SIZES[name], **REGION_HEAD}}   # its heads fitted first, in bfloat16 too
+    metrics = train(name, setting, features, prepared,
                     tmp_path / "model.keras", tmp_path / "metrics.json", tmp_path / "dvclive")
-    assert metrics["precision"] == "mixed_bfloat16"
+    assert metrics["precision"] == "mixed_bfloat16" and metrics["finding_head_epochs"] == 5
+    assert metrics["val_finding_auc"]["Cardiomegaly"] > 0.9
     val_curve = read_curve(tmp_path / "dvclive/plots/metrics/val_loss.tsv")
     assert metrics["val_loss"] < 0.6 * val_curve[0]
     model = keras.models.load_model(tmp_path / "model.keras", safe_mode=True)
@@ -295,6 +307,40 @@ def test_mixed_precision_trains_and_saves_a_float32_model(name, dataset, tmp_pat
     data = load_training_data(features, prepared, model.feature_key)
     saved_val_loss = token_loss(model, data.features["val"], data.tokens["val"], 16)
     assert saved_val_loss == pytest.approx(metrics["val_loss"], rel=0.03)
+
+
+REGION_HEAD = {"finding_weight": 1.0, "finding_head": "regions", "finding_hidden": 8, "finding_folds": 2}
+
+
+class HeadWatch(keras.callbacks.Callback):
+    """The finding heads' weights when the decoder's training begins and ends."""
+
+    def on_train_begin(self, logs=None):
+        self.begin = [np.array(v) for v in self.model.finding_head_variables()]
+        self.trainable = {id(v) for v in self.model.trainable_variables}
+
+    def on_train_end(self, logs=None):
+        self.end = [np.array(v) for v in self.model.finding_head_variables()]
+
+
+@pytest.mark.parametrize("name", ["baseline", "attention"])
+def test_the_finding_heads_are_fitted_first_then_frozen_while_the_decoder_trains(name, dataset):
+    features, prepared = dataset
+    settings = train_settings(params(finding_epochs=6))
+    data = load_training_data(features, prepared, "spatial")
+    watch = HeadWatch()
+    result = fit(name, {**SIZES[name], **REGION_HEAD}, settings, data, tf.distribute.get_strategy(), callbacks=[watch])
+    assert len(result.head_losses) == 6 and result.head_losses[-1] < 0.8 * result.head_losses[0]
+    assert not any(id(v) in watch.trainable for v in result.model.finding_head_variables())
+    for before, after in zip(watch.begin, watch.end):
+        np.testing.assert_array_equal(before, after)
+    # ... fitted before: they read the heart already when the decoder starts.
+    probabilities = head_probabilities(result.model, data.features["val"], 16)
+    cardiomegaly = OBSERVATIONS.index("Cardiomegaly")
+    assert roc_auc(data.findings["val"][:, cardiomegaly], probabilities[:, cardiomegaly]) > 0.9
+    # The blank-image twin's heads (one constant input) learn alongside its decoder, not first.
+    assert fit(name, {**SIZES[name], **REGION_HEAD}, {**settings, "epochs": 1}, data,
+               tf.distribute.get_strategy(), blank=True).head_losses == []
 
 
 def test_token_matrix_pads_to_the_longest_report():
@@ -400,6 +446,10 @@ def test_settings_are_checked():
         train_settings({"train": {"precision": "float16"}})
     with pytest.raises(BadInput, match="lr_schedule"):
         train_settings({"train": {"lr_schedule": "linear"}})
+    with pytest.raises(BadInput, match="finding_epochs"):
+        train_settings({"train": {"finding_epochs": -1}})
+    with pytest.raises(BadInput, match="finding_learning_rate"):
+        train_settings({"train": {"finding_learning_rate": 0}})
 
 
 def test_cosine_learning_rate_falls_to_zero_at_the_last_epoch_or_max_step():

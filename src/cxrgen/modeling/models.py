@@ -246,7 +246,9 @@ class ReportGenerator(keras.Model):
 
     def finding_head_loss(self, fold_logits, targets, folds=None):
         """Mean binary cross-entropy of the heads (N, folds, findings), each head on the studies
-        outside its fold, plus the L2 penalty; without folds every head fits every study."""
+        outside its fold, plus the L2 penalty; without folds every head fits every study. In float32
+        whatever the compute dtype (the penalties are of the float32 weights)."""
+        fold_logits = ops.cast(fold_logits, "float32")
         targets = ops.broadcast_to(ops.expand_dims(ops.cast(targets, fold_logits.dtype), 1), ops.shape(fold_logits))
         per_finding = ops.binary_crossentropy(targets, fold_logits, from_logits=True)
         if folds is None or self.finding_folds == 1:
@@ -254,9 +256,9 @@ class ReportGenerator(keras.Model):
         else:
             outside = 1.0 - ops.one_hot(ops.cast(folds, "int32"), self.finding_folds, dtype=fold_logits.dtype)
             fit = ops.sum(per_finding * ops.expand_dims(outside, -1)) / (ops.sum(outside) * self.findings)
-        penalty = self.finding_l2 * ops.sum(ops.square(self.finding_classifier.kernel))
+        penalty = self.finding_l2 * ops.sum(ops.square(ops.cast(self.finding_classifier.kernel, "float32")))
         if self.region_head:
-            penalty = penalty + REGION_HEAD_L2 * ops.sum(ops.square(self.finding_region_hidden.kernel))
+            penalty = penalty + REGION_HEAD_L2 * ops.sum(ops.square(ops.cast(self.finding_region_hidden.kernel, "float32")))
         return fit + penalty
 
     def region_finding_logits(self, features, training=False) -> tuple:

@@ -1,10 +1,11 @@
 """A region-wise finding head on cached region features: how well could a head read the findings?
 
     bin/python benchmarks/finding_heads.py FEATURES PREPARED [--hidden 256] [--epochs 30] [--pool lse]
+                                           [--learning-rate 0.001]
 
 FEATURES: a features stage's folder (data/features), PREPARED: the prepare stage's (data/prepared),
-of one collection. A shared MLP scores each of the 2 x 49 regions of a study (standardised
-DenseNet channels → ReLU layer → one logit per observation), the regions' logits are pooled
+of one collection. A shared MLP scores each of the 2 x 49 regions of a study (DenseNet channels
+standardised as the models do → ReLU layer → one logit per observation), the regions' logits are pooled
 (log-sum-exp, max or mean) and added to a linear read-out of the mean region. It is fitted on the
 training split's labeler findings, its thresholds are calibrated on the val split as the models'
 heads are (cxrgen.modeling.train.calibrate_thresholds), and it is scored on the test split:
@@ -28,6 +29,7 @@ from cxrgen.benchmark import describe_machine
 from cxrgen.evaluation.scores import clinical_metrics
 from cxrgen.files import write_json_atomic
 from cxrgen.modeling import train as training
+from cxrgen.modeling.whitening import channel_statistics
 from cxrgen.observations import OBSERVATIONS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,18 +61,18 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--pool", choices=POOLS, default="lse")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--learning-rate", type=float, default=1e-3, help="the first rate of the cosine schedule")
     parser.add_argument("--out", type=Path, default=ROOT / "metrics/finding_heads.json")
     args = parser.parse_args()
     data = training.load_training_data(args.features, args.prepared, "spatial", splits=("train", "val", "test"))
     x = {split: data.features[split].read_all() for split in ("train", "val", "test")}
     x = {split: array.reshape(len(array), -1, array.shape[-1]) for split, array in x.items()}   # (N, 98, F)
     y = data.findings
-    channels = x["train"].astype(np.float32)
-    mean, std = channels.mean((0, 1)), channels.std((0, 1)) + 1e-3
-    del channels
+    # The models' standardisation of the regions (each channel's mean and floored spread).
+    mean, std = (array.astype(np.float32) for array in channel_statistics(x["train"]))
     keras.utils.set_random_seed(args.seed)
     model = region_head(mean, std, x["train"].shape[1], x["train"].shape[2], args.hidden, args.pool)
-    schedule = training.learning_rate({"lr_schedule": "cosine", "learning_rate": 1e-3, "epochs": args.epochs,
+    schedule = training.learning_rate({"lr_schedule": "cosine", "learning_rate": args.learning_rate, "epochs": args.epochs,
                                        "batch_size": BATCH, "max_steps": 0}, len(x["train"]))
     model.compile(keras.optimizers.Adam(schedule), loss=keras.losses.BinaryCrossentropy(from_logits=True))
     start = time.monotonic()
@@ -87,7 +89,8 @@ def main() -> int:
     per_observation = {name: {"support": row["support"], "f1": round(row["f1"], 4)}
                        for name, row in scores["per_observation"].items() if row["support"]}
     record = {
-        "head": {"hidden": args.hidden, "pool": args.pool, "epochs": args.epochs, "seed": args.seed},
+        "head": {"hidden": args.hidden, "pool": args.pool, "epochs": args.epochs, "learning_rate": args.learning_rate,
+                 "seed": args.seed},
         "features": str(args.features), "prepared": str(args.prepared),
         "data_source": data.info.get("data_source"), "weights": data.info.get("weights"),
         "studies": {split: int(len(y[split])) for split in ("train", "val", "test")},
@@ -98,7 +101,7 @@ def main() -> int:
         "fit_seconds": seconds, "machine": describe_machine(),
     }
     runs = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    runs[f"{args.pool}_{args.hidden}_{args.epochs}_seed{args.seed}"] = record
+    runs[f"{args.pool}_{args.hidden}_{args.epochs}_lr{args.learning_rate:g}_seed{args.seed}"] = record
     write_json_atomic(args.out, runs)
     print(json.dumps({"test_abnormal_f1": record["test_abnormal_f1"], "per_observation": per_observation}, indent=2))
     return 0

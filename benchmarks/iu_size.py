@@ -13,9 +13,9 @@ run.json saying which command, commit and machine produced them and how long it 
     bin/python benchmarks/iu_size.py [--name iu-size] [--collect-only]
 
 --collect-only copies the workspace's results of an earlier run of the same command.
---from DIR --commit SHA copies them from the metrics folder that `benchmarks/stage_times.py --label
-after --keep-metrics DIR` kept from its run of the same settings at commit SHA (so that the timed
-run need not be run again).
+--from DIR --commit SHA [--label L] copies them from the metrics folder that `benchmarks/stage_times.py
+--label L --keep-metrics DIR` kept from its run of the same settings at commit SHA (so that the
+timed run need not be run again; L defaults to after).
 Like any `dvc exp run -S`, it leaves params.yaml with the experiment's settings; `git checkout
 params.yaml` restores the defaults.
 """
@@ -58,6 +58,7 @@ def main() -> int:
     parser.add_argument("--from", dest="source", type=Path,
                         help="copy the results from this metrics folder (stage_times.py --keep-metrics), run nothing")
     parser.add_argument("--commit", help="with --from: the commit that run timed")
+    parser.add_argument("--label", default="after", help="with --from: the --label that run was timed under")
     args = parser.parse_args()
     if args.source and not args.commit:
         parser.error("--from needs --commit (the commit stage_times.py ran)")
@@ -90,10 +91,11 @@ def main() -> int:
         shutil.copyfile(where(name), OUT / Path(name).name.replace(".json", "_details.json")
                         if name.startswith("metrics/details/") else OUT / Path(name).name)
     if args.source:
-        run = {"command": "bin/python benchmarks/stage_times.py --label after --keep-metrics DIR "
+        run = {"command": f"bin/python benchmarks/stage_times.py --label {args.label} --keep-metrics DIR "
                           "(the same settings, each stage by dvc repro --single-item from an empty cache)",
                "commit": args.commit, "pipeline_seconds": None,
-               "note": "its seconds per stage: metrics/speed.json stages.after"}
+               "note": f"its seconds per stage: the stages.{args.label} entry of the speed file that run wrote "
+                       "(stage_times.py --out)"}
     else:
         run = {"command": " ".join(["dvc", *command[1:]]), "commit": commit(), "pipeline_seconds": seconds,
                "note": "seconds: the dvc exp run's wall time (null with --collect-only); stages DVC had cached "

@@ -29,6 +29,7 @@ from cxrgen.features.store import KEYS, FeatureStore, write_store  # noqa: E402
 from cxrgen.modeling.train import (  # noqa: E402
     abnormal_micro_f1,
     calibrate_thresholds,
+    finding_head_epochs,
     fit,
     gain_interval,
     head_probabilities,
@@ -50,7 +51,7 @@ COUNTS = {"train": 128, "val": 32, "test": 8}
 # After the first epoch (tracing) an epoch takes a fraction of a second: enough of them to learn.
 # The default cosine schedule takes the rate from 0.06 down to 0 over the 15 epochs (0.03 on average).
 TRAIN = {"seed": 0, "epochs": 15, "batch_size": 16, "learning_rate": 0.06, "patience": 3,
-         "finding_learning_rate": 0.03}   # few steps an epoch here: larger rates than the defaults
+         "finding_learning_rate": 0.03, "finding_min_steps": 0}   # few steps here: larger rates than the defaults
 
 
 def params(**train_overrides) -> dict:
@@ -261,7 +262,7 @@ MIRRORED_SCRIPT = textwrap.dedent("""
                                     "finding_hidden": 8, "finding_folds": 2}}
     params = {"train": {"seed": 0, "epochs": 3, "batch_size": 16, "learning_rate": 0.03, "patience": 3,
                         "strategy": "mirrored", "image_control": False, "finding_epochs": 3,
-                        "finding_learning_rate": 0.03}, "model": sizes}
+                        "finding_learning_rate": 0.03, "finding_min_steps": 0}, "model": sizes}
     metrics = train(model, params, features, prepared, out + "/model.keras", out + "/metrics.json",
                     out + "/dvclive")
     print(json.dumps({"devices": len(tf.config.list_logical_devices("CPU")), **metrics}))
@@ -450,6 +451,15 @@ def test_settings_are_checked():
         train_settings({"train": {"finding_epochs": -1}})
     with pytest.raises(BadInput, match="finding_learning_rate"):
         train_settings({"train": {"finding_learning_rate": 0}})
+    with pytest.raises(BadInput, match="finding_min_steps"):
+        train_settings({"train": {"finding_min_steps": 1.5}})
+
+
+def test_the_heads_fit_for_their_epochs_or_at_least_their_minimum_of_steps():
+    settings = train_settings({"train": {"finding_epochs": 30, "finding_min_steps": 2000, "batch_size": 32}})
+    assert finding_head_epochs(settings, 2376) == 30      # IU-size: 75 batches an epoch, 2,250 steps
+    assert finding_head_epochs(settings, 290) == 200      # the demo: 10 batches an epoch
+    assert finding_head_epochs({**settings, "finding_min_steps": 0}, 290) == 30
 
 
 def test_cosine_learning_rate_falls_to_zero_at_the_last_epoch_or_max_step():

@@ -342,8 +342,8 @@ class FitResult:
 
 def finding_head_epochs(settings: dict, n_train: int) -> int:
     """How many epochs the heads are fitted for: `finding_epochs`, or more where that would be fewer
-    than `finding_min_steps` batches. The heads learn per step: on the demo's 290 training studies
-    (10 batches an epoch) 30 epochs leave a region head at val AUC .75, 2,000 steps at .88
+    than `finding_min_steps` batches. The heads learn per step: on the demo's 288 training studies
+    (9 batches an epoch) 30 epochs leave a region head at val AUC .75, 200 epochs at .88
     (benchmarks/finding_heads.py on the demo's features); IU-size's 75 batches an epoch make 30
     epochs 2,250 steps already."""
     batches = -(-n_train // settings["batch_size"])

@@ -143,13 +143,16 @@ def paired_val_losses(before: Path, after: Path, features: Path, prepared: Path,
     from cxrgen.modeling import train as training
     from cxrgen.modeling.models import load_model
 
-    paired = {}
+    paired, val_data = {}, {}
     for name in MODELS:
         sums = {}
         for label, folder in (("before", before), ("after", after)):
             model = load_model(folder / f"{name}.keras")
             # Each model reads its own features (a region finding head reads the regions).
-            data = training.load_training_data(features, prepared, model.feature_key, splits=("val",))
+            if model.feature_key not in val_data:
+                val_data[model.feature_key] = training.load_training_data(features, prepared, model.feature_key,
+                                                                          splits=("val",))
+            data = val_data[model.feature_key]
             sums[label], counts = training.study_token_losses(model, data.features["val"], data.tokens["val"], 32)
         # The train stage's paired bootstrap of a val-loss difference (there: blank - images).
         low, high = training.gain_interval(sums["after"], sums["before"], counts, n_resamples=resamples)

@@ -232,8 +232,14 @@ class ReportGenerator(keras.Model):
         """(N, findings) probabilities of the finding head for raw features, or None without a head."""
         if self.finding_classifier is None:
             return None
-        fold_logits, _ = self._encode(features, training=False)
-        return ops.sigmoid(self.select_folds(fold_logits))
+        return ops.sigmoid(self.select_folds(self.fold_finding_logits(features)))
+
+    def fold_finding_logits(self, features, training=False):
+        """Every head's finding logits (N, folds, findings) for raw features. A region head is run
+        alone; a linear head is read off the encoder (the decoder's context comes with it, cheap)."""
+        if self.region_head:
+            return self.region_finding_logits(features, training)[0]
+        return self._encode(features, training)[0]
 
     def select_folds(self, scores, folds=None):
         """Scores (N, ..., folds, findings) -> (N, ..., findings): for study i, the head of fold
@@ -296,9 +302,6 @@ class ReportGenerator(keras.Model):
     def freeze_finding_heads(self) -> None:
         """Fitted heads stay as they are while the decoder trains (cxrgen.modeling.train fits them
         first): their weights stop being trainable and `call` adds no head loss."""
-        for layer in (self.finding_classifier, getattr(self, "finding_region_hidden", None)):
-            if layer is not None:
-                layer.trainable = False
         for variable in self.finding_head_variables():
             variable.trainable = False
         self.finding_heads_frozen = True
@@ -490,8 +493,8 @@ class AttentionGenerator(ReportGenerator):
     feature_key = "spatial"
     classifier_outputs_per_finding = VIEWS   # each region is scored by its own view's weights
 
-    def __init__(self, vocab_size: int, feature_dim: int = 1024, embedding_dim: int = 300, units: int = 512, projection_dim: int = 256,
-                 attention_dim: int = 256, rnn: str = "gru", dropout: float = 0.3,
+    def __init__(self, vocab_size: int, feature_dim: int = 1024, embedding_dim: int = 300, units: int = 512,
+                 projection_dim: int = 256, attention_dim: int = 256, rnn: str = "gru", dropout: float = 0.3,
                  region_input: str = "features", **kwargs):
         super().__init__(vocab_size, feature_dim, **kwargs)
         if rnn not in ("gru", "lstm"):
@@ -743,10 +746,11 @@ def build_model(name: str, vocab_size: int, feature_shape: tuple, sizes: dict | 
                                       f"known: {sorted(DEFAULT_SIZES[name])}")
     settings = {**DEFAULT_SIZES[name], **sizes}
     cls = MODELS[name]
-    expected_rank = 3 if feature_key_for(name, settings) == "spatial" else 2
+    feature_key = feature_key_for(name, settings)
+    expected_rank = 3 if feature_key == "spatial" else 2
     feature_shape = tuple(int(d) for d in feature_shape)
     if len(feature_shape) != expected_rank or feature_shape[0] != VIEWS:
-        raise BadInput("features", f"model {name} needs '{feature_key_for(name, settings)}' features shaped "
+        raise BadInput("features", f"model {name} needs '{feature_key}' features shaped "
                                    f"{'(2, F)' if expected_rank == 2 else '(2, regions, F)'} per study, "
                                    f"got {feature_shape}")
     if expected_rank == 3:

@@ -28,13 +28,7 @@ def whitening_transform(features: np.ndarray, regularisation: float = REGULARISA
     """
     dim = features.shape[-1]
     total, products, count = np.zeros(dim), np.zeros((dim, dim)), 0
-    starts = range(0, len(features), CHUNK)
-    for start in tqdm(starts, desc=desc, unit=" chunks", file=sys.stderr, mininterval=2,
-                      disable=desc is None or len(starts) < 8):
-        chunk = np.asarray(features[start:start + CHUNK], np.float32 if transform else np.float64)
-        if transform is not None:
-            chunk = transform(chunk)
-        chunk = np.asarray(chunk, np.float64).reshape(-1, dim)
+    for chunk in _chunks(features, desc, transform):
         total += chunk.sum(axis=0)
         products += chunk.T @ chunk
         count += len(chunk)
@@ -42,12 +36,7 @@ def whitening_transform(features: np.ndarray, regularisation: float = REGULARISA
         raise ValueError("no features to take statistics from")
     mean = total / count
     covariance = products / count - np.outer(mean, mean)
-    std = np.sqrt(np.maximum(np.diag(covariance), 0.0))
-    # Channels that hardly ever fire in these studies (random DenseNet weights leave many) must not
-    # be blown up: one that fires in a new study would then dwarf all the others. Their scale is
-    # floored at a fraction of the typical channel's.
-    typical = float(np.median(std[std > 0])) if np.any(std > 0) else 1.0
-    scale = np.maximum(std, SCALE_FLOOR * typical)
+    scale = _floored_scale(np.sqrt(np.maximum(np.diag(covariance), 0.0)))
     values, vectors = np.linalg.eigh(covariance / np.outer(scale, scale))
     values = np.maximum(values, 0.0) + regularisation * max(float(values.mean()), 1e-12)
     zca = (vectors / np.sqrt(values)) @ vectors.T
@@ -60,16 +49,32 @@ def channel_statistics(features: np.ndarray, desc: str | None = None) -> tuple[n
     median channel's), so a channel that hardly ever fires is not blown up where it does."""
     dim = features.shape[-1]
     total, squares, count = np.zeros(dim), np.zeros(dim), 0
-    starts = range(0, len(features), CHUNK)
-    for start in tqdm(starts, desc=desc, unit=" chunks", file=sys.stderr, mininterval=2,
-                      disable=desc is None or len(starts) < 8):
-        chunk = np.asarray(features[start:start + CHUNK], np.float64).reshape(-1, dim)
+    for chunk in _chunks(features, desc):
         total += chunk.sum(axis=0)
         squares += np.square(chunk).sum(axis=0)
         count += len(chunk)
     if count == 0:
         raise ValueError("no features to take statistics from")
     mean = total / count
-    std = np.sqrt(np.maximum(squares / count - np.square(mean), 0.0))
+    return mean, _floored_scale(np.sqrt(np.maximum(squares / count - np.square(mean), 0.0)))
+
+
+def _chunks(features, desc: str | None, transform: Callable[[np.ndarray], np.ndarray] | None = None):
+    """The rows of `features` (channel = last axis), CHUNK studies at a time, as (rows, F) float64
+    arrays; `transform` maps each chunk first. A progress bar named `desc` for 8 chunks or more."""
+    dim = features.shape[-1]
+    starts = range(0, len(features), CHUNK)
+    for start in tqdm(starts, desc=desc, unit=" chunks", file=sys.stderr, mininterval=2,
+                      disable=desc is None or len(starts) < 8):
+        chunk = np.asarray(features[start:start + CHUNK], np.float32 if transform else np.float64)
+        if transform is not None:
+            chunk = transform(chunk)
+        yield np.asarray(chunk, np.float64).reshape(-1, dim)
+
+
+def _floored_scale(std: np.ndarray) -> np.ndarray:
+    """Channels that hardly ever fire in these studies (random DenseNet weights leave many) must not
+    be blown up: one that fires in a new study would then dwarf all the others. Their scale is
+    floored at a fraction of the typical channel's."""
     typical = float(np.median(std[std > 0])) if np.any(std > 0) else 1.0
-    return mean, np.maximum(std, SCALE_FLOOR * typical)
+    return np.maximum(std, SCALE_FLOOR * typical)

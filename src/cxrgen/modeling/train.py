@@ -370,7 +370,10 @@ def fit_finding_heads(model: ReportGenerator, strategy: tf.distribute.Strategy, 
 
     def replica_step(inputs):
         with tf.GradientTape() as tape:
-            fold_logits = model.fold_finding_logits(inputs["features"], training=True)
+            # Through the whole encoder, not fold_finding_logits: its dropout layers' random streams
+            # advance here, and the runs the README reports were trained so (a region head alone
+            # would be cheaper, but would draw every later dropout mask differently).
+            fold_logits, _ = model._encode(inputs["features"], training=True, folds=inputs["folds"])
             loss = tf.cast(model.finding_head_loss(fold_logits, inputs["findings"], inputs["folds"]), tf.float32)
             scaled = optimizer.scale_loss(loss) if hasattr(optimizer, "scale_loss") else loss
         optimizer.apply(tape.gradient(scaled, variables), variables)
